@@ -1,0 +1,86 @@
+//! Fused attention for prefill and decode: attention.wgsl.
+
+use super::{launch, output, parts, placeholder, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Shader, Workload};
+use crate::tensor::{AttentionOpts, DType, Tensor};
+
+static SHADER: Shader = Shader {
+    name: "attention.wgsl",
+    source: include_str!("attention.wgsl"),
+};
+/// 64 invocations; each owns up to 4 output dims (attention.wgsl's MAX_D = 256).
+const WG: u32 = 64;
+const MAX_HEAD_DIM: usize = 4 * WG as usize;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    tq: u32,
+    kv_len: u32,
+    head_dim: u32,
+    cap: u32,
+    causal: u32,
+    has_mask: u32,
+    mask_b_stride: u32,
+    mask_cols: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, kv_len: usize) -> Result<Tensor> {
+    let op = "attention";
+    let (b, h, tq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+    let (hkv, cap) = (k.shape()[1], k.shape()[2]);
+    if d > MAX_HEAD_DIM {
+        return Err(Error::shape(op, format!("head_dim {d} exceeds the GPU kernel's {MAX_HEAD_DIM}")));
+    }
+    let (ctx, qbuf) = parts(q)?;
+    let (_, kbuf) = parts(k)?;
+    let (_, vbuf) = parts(v)?;
+    let dummy = placeholder(ctx)?;
+    let (mbuf, mbytes, mask_b_stride, mask_cols) = match opts.mask {
+        Some(m) => {
+            let (mb, _, cols) = (m.shape()[0], m.shape()[1], m.shape()[2]);
+            (parts(m)?.1, m.gpu_bytes(), if mb == 1 { 0 } else { tq * cols }, cols)
+        }
+        None => (&dummy, 4, 0, 0),
+    };
+    let out = output(ctx, "attention output", q.shape(), DType::F32)?;
+    let params = Params {
+        heads: h as u32,
+        kv_heads: hkv as u32,
+        tq: u32_of(op, "Tq", tq)?,
+        kv_len: u32_of(op, "kv_len", kv_len)?,
+        head_dim: d as u32,
+        cap: u32_of(op, "capacity", cap)?,
+        causal: opts.causal as u32,
+        has_mask: opts.mask.is_some() as u32,
+        mask_b_stride: u32_of(op, "mask stride", mask_b_stride)?,
+        mask_cols: u32_of(op, "mask cols", mask_cols)?,
+        scale: opts.scale,
+        _pad: 0,
+    };
+    let workload = Workload {
+        workgroup_size: [WG, 1],
+        workgroup_count: [u32_of(op, "Tq", tq)?, u32_of(op, "heads", h)?, u32_of(op, "batch", b)?],
+    };
+    launch(
+        ctx,
+        &SHADER,
+        "attention",
+        vec![],
+        &params,
+        &[
+            (qbuf, q.gpu_bytes()),
+            (kbuf, k.gpu_bytes()),
+            (vbuf, v.gpu_bytes()),
+            (mbuf, mbytes),
+            (&out, q.gpu_bytes()),
+        ],
+        workload,
+    )?;
+    Ok(Tensor::gpu(ctx, out, q.shape(), DType::F32))
+}

@@ -1,0 +1,144 @@
+//! GEMM (prefill) and GEMV (decode) against f32 / f16 / q8_0 / q4_0 weights: matmul.wgsl.
+
+use super::{launch, output, parts, placeholder, u32_of};
+use crate::error::{Error, Result};
+use crate::gpu::{Shader, Workload};
+use crate::tensor::{quant, DType, Tensor};
+
+static SHADER: Shader = Shader {
+    name: "matmul.wgsl",
+    source: include_str!("matmul.wgsl"),
+};
+
+/// GEMM tile of 64×64 outputs from 16×16 invocations (matmul.wgsl's BM, BN, TM, TN).
+const GEMM_WG: [u32; 2] = [16, 16];
+const GEMM_TILE: usize = 64;
+/// GEMV: 256 invocations, 8 output rows per workgroup (matmul.wgsl's GEMV_ROWS).
+const GEMV_WG: u32 = 256;
+const GEMV_ROWS: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    a_batch_stride: u32,
+    b_batch_stride: u32,
+    c_batch_stride: u32,
+    scale_offset: u32,
+}
+
+/// Word offset of the scales in a quantized weight of `numel` values.
+fn scale_offset(dtype: DType, numel: usize) -> u32 {
+    let blocks = (numel / quant::BLOCK) as u64;
+    let q = match dtype {
+        DType::Q8_0 => quant::Q8_0_WORDS_PER_BLOCK - 1,
+        DType::Q4_0 => quant::Q4_0_WORDS_PER_BLOCK - 1,
+        _ => 0,
+    };
+    (blocks * q) as u32
+}
+
+/// `a [batch, M, K] @ b` with b `[bb, K, N]` or (`b_t`) `[bb, N, K]`, bb ∈ {1, batch}.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    b_t: bool,
+    batch: usize,
+    bb: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let op = "matmul";
+    let (ctx, abuf) = parts(a)?;
+    let (_, bbuf) = parts(b)?;
+    let out = output(ctx, "matmul output", out_shape, DType::F32)?;
+    let dummy = placeholder(ctx)?;
+    let params = Params {
+        m: u32_of(op, "M", m)?,
+        n: u32_of(op, "N", n)?,
+        k: u32_of(op, "K", k)?,
+        has_bias: 0,
+        a_batch_stride: u32_of(op, "M·K", m * k)?,
+        b_batch_stride: if bb == 1 { 0 } else { u32_of(op, "K·N", k * n)? },
+        c_batch_stride: u32_of(op, "M·N", m * n)?,
+        scale_offset: 0,
+    };
+    let workload = Workload {
+        workgroup_size: GEMM_WG,
+        workgroup_count: [n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, u32_of(op, "batch", batch)?],
+    };
+    launch(
+        ctx,
+        &SHADER,
+        "matmul",
+        vec![("WDTYPE", 0), ("B_TRANS", b_t as u32)],
+        &params,
+        &[(abuf, a.gpu_bytes()), (bbuf, b.gpu_bytes()), (&dummy, 4), (&out, (m * n * batch * 4) as u64)],
+        workload,
+    )?;
+    Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
+}
+
+/// `x [rows, K] · w [N, K]ᵀ + bias`: GEMV for one row, GEMM otherwise.
+pub(crate) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    rows: usize,
+    n: usize,
+    k: usize,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let op = "linear";
+    let (ctx, xbuf) = parts(x)?;
+    let (_, wbuf) = parts(w)?;
+    if w.dtype().is_quantized() && k % quant::BLOCK != 0 {
+        return Err(Error::shape(op, format!("quantized weight K = {k} is not a multiple of 32")));
+    }
+    let out = output(ctx, "linear output", out_shape, DType::F32)?;
+    let dummy;
+    let (bbuf, bbytes) = match bias {
+        Some(b) => (parts(b)?.1, b.gpu_bytes()),
+        None => {
+            dummy = placeholder(ctx)?;
+            (&dummy, 4)
+        }
+    };
+    let params = Params {
+        m: u32_of(op, "rows", rows)?,
+        n: u32_of(op, "N", n)?,
+        k: u32_of(op, "K", k)?,
+        has_bias: bias.is_some() as u32,
+        a_batch_stride: 0,
+        b_batch_stride: 0,
+        c_batch_stride: 0,
+        scale_offset: scale_offset(w.dtype(), w.numel()),
+    };
+    let constants = vec![("WDTYPE", w.dtype().kernel_code()), ("B_TRANS", 1)];
+    let buffers = [
+        (xbuf, x.gpu_bytes()),
+        (wbuf, w.gpu_bytes()),
+        (bbuf, bbytes),
+        (&out, (rows * n * 4) as u64),
+    ];
+    if rows == 1 {
+        let workload = Workload {
+            workgroup_size: [GEMV_WG, 1],
+            workgroup_count: [u32_of(op, "N/8", n.div_ceil(GEMV_ROWS))?, 1, 1],
+        };
+        launch(ctx, &SHADER, "gemv", constants, &params, &buffers, workload)?;
+    } else {
+        let workload = Workload {
+            workgroup_size: GEMM_WG,
+            workgroup_count: [n.div_ceil(GEMM_TILE) as u32, u32_of(op, "rows/64", rows.div_ceil(GEMM_TILE))?, 1],
+        };
+        launch(ctx, &SHADER, "matmul", constants, &params, &buffers, workload)?;
+    }
+    Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
+}

@@ -1,0 +1,269 @@
+// Matrix products against weights in any storage format, dequantized inside the kernel.
+//
+//   matmul: C[b] = A[b] · B[b] (+ bias)   tiled GEMM, 64×64 outputs per workgroup (prefill)
+//   gemv:   c    = a · Bᵀ (+ bias)        one input row per workgroup.z, 8 output rows per workgroup (decode)
+//
+// A and C are f32. B is read as 32-bit words, decoded per WDTYPE (layouts: src/tensor/quant.rs):
+//   0 f32, 1 f16 (two per word), 2 q8_0 (8 words of quants per 32-value block), 3 q4_0 (4 words).
+// Quantized B is always a Linear weight [N, K] with K a multiple of 32; scales follow the quants
+// at word p.scale_offset.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+    a_batch_stride: u32,   // elements
+    b_batch_stride: u32,   // elements (0: B shared by every batch)
+    c_batch_stride: u32,   // elements
+    scale_offset: u32,     // words
+}
+
+override WG_X: u32 = 16u;
+override WG_Y: u32 = 16u;
+override WDTYPE: u32 = 0u;
+override B_TRANS: bool = true;  // B is [N, K] (a Linear's weight) rather than [K, N]
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+// GEMM tile: BM×BN outputs, BK-deep slices; each of the 16×16 invocations owns TM×TN outputs.
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 32u;   // = one quantization block
+const TM: u32 = 4u;
+const TN: u32 = 4u;
+const THREADS: u32 = 256u;  // WG_X · WG_Y, set by the host to 16 × 16
+
+var<workgroup> As: array<f32, 2048>;  // [BK][BM]
+var<workgroup> Bs: array<f32, 2048>;  // [BK][BN]
+
+fn load_f16(i: u32) -> f32 {
+    let w = unpack2x16float(b[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+}
+
+// Element i of a dense (f32 or f16) B.
+fn load_dense(i: u32) -> f32 {
+    if (WDTYPE == 1u) {
+        return load_f16(i);
+    }
+    return bitcast<f32>(b[i]);
+}
+
+// Signed byte j (0..3) of a word.
+fn i8_of(w: u32, j: u32) -> f32 {
+    return f32(bitcast<i32>(w << (24u - 8u * j)) >> 24u);
+}
+
+fn block_scale(blk: u32) -> f32 {
+    return bitcast<f32>(b[p.scale_offset + blk]);
+}
+
+// Fills Bs[kk][nn] for the tile at (n0, k0) of a quantized [N, K] weight.
+fn load_b_tile_quant(tid: u32, n0: u32, k0: u32) {
+    let nb = p.k / BK;
+    if (WDTYPE == 2u) {
+        // 64 rows × 8 words: two words per invocation, 4 values each
+        for (var i = 0u; i < 2u; i++) {
+            let idx = tid + i * THREADS;
+            let nn = idx / 8u;
+            let w = idx % 8u;
+            let gn = n0 + nn;
+            var word = 0u;
+            var d = 0.0;
+            if (gn < p.n) {
+                let blk = gn * nb + k0 / BK;
+                word = b[blk * 8u + w];
+                d = block_scale(blk);
+            }
+            for (var j = 0u; j < 4u; j++) {
+                Bs[(w * 4u + j) * BN + nn] = i8_of(word, j) * d;
+            }
+        }
+    } else {
+        // 64 rows × 4 words: one word per invocation, 8 values (4 low nibbles, 4 high)
+        let nn = tid / 4u;
+        let w = tid % 4u;
+        let gn = n0 + nn;
+        var word = 0x88888888u;  // decodes to zeros
+        var d = 0.0;
+        if (gn < p.n) {
+            let blk = gn * nb + k0 / BK;
+            word = b[blk * 4u + w];
+            d = block_scale(blk);
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let byte = (word >> (8u * j)) & 0xffu;
+            Bs[(w * 4u + j) * BN + nn] = (f32(byte & 0xfu) - 8.0) * d;
+            Bs[(16u + w * 4u + j) * BN + nn] = (f32(byte >> 4u) - 8.0) * d;
+        }
+    }
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let tid = lid.y * WG_X + lid.x;
+    let n0 = wid.x * BN;
+    let m0 = wid.y * BM;
+    let batch = wid.z;
+    let a_base = batch * p.a_batch_stride;
+    let b_base = batch * p.b_batch_stride;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        // A tile (BM × BK), read along K
+        for (var i = 0u; i < 8u; i++) {
+            let idx = tid + i * THREADS;
+            let mm = idx / BK;
+            let kk = idx % BK;
+            let gm = m0 + mm;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gm < p.m && gk < p.k) {
+                v = a[a_base + gm * p.k + gk];
+            }
+            As[kk * BM + mm] = v;
+        }
+        // B tile (BK × BN)
+        if (WDTYPE >= 2u) {
+            load_b_tile_quant(tid, n0, k0);
+        } else if (B_TRANS) {
+            for (var i = 0u; i < 8u; i++) {
+                let idx = tid + i * THREADS;
+                let nn = idx / BK;
+                let kk = idx % BK;
+                let gn = n0 + nn;
+                let gk = k0 + kk;
+                var v = 0.0;
+                if (gn < p.n && gk < p.k) {
+                    v = load_dense(b_base + gn * p.k + gk);
+                }
+                Bs[kk * BN + nn] = v;
+            }
+        } else {
+            for (var i = 0u; i < 8u; i++) {
+                let idx = tid + i * THREADS;
+                let kk = idx / BN;
+                let nn = idx % BN;
+                let gn = n0 + nn;
+                let gk = k0 + kk;
+                var v = 0.0;
+                if (gn < p.n && gk < p.k) {
+                    v = load_dense(b_base + gk * p.n + gn);
+                }
+                Bs[kk * BN + nn] = v;
+            }
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < BK; kk++) {
+            var ar: array<f32, 4>;
+            var br: array<f32, 4>;
+            for (var i = 0u; i < TM; i++) {
+                ar[i] = As[kk * BM + lid.y + i * WG_Y];
+            }
+            for (var j = 0u; j < TN; j++) {
+                br[j] = Bs[kk * BN + lid.x + j * WG_X];
+            }
+            for (var i = 0u; i < TM; i++) {
+                for (var j = 0u; j < TN; j++) {
+                    acc[i * TN + j] = fma(ar[i], br[j], acc[i * TN + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    let c_base = batch * p.c_batch_stride;
+    for (var i = 0u; i < TM; i++) {
+        let gm = m0 + lid.y + i * WG_Y;
+        for (var j = 0u; j < TN; j++) {
+            let gn = n0 + lid.x + j * WG_X;
+            if (gm < p.m && gn < p.n) {
+                var v = acc[i * TN + j];
+                if (p.has_bias != 0u) {
+                    v += bias[gn];
+                }
+                c[c_base + gm * p.n + gn] = v;
+            }
+        }
+    }
+}
+
+// ---- GEMV: one input row (workgroup_id.z), GEMV_ROWS output features per workgroup ----
+
+const GEMV_ROWS: u32 = 8u;
+var<workgroup> red: array<f32, 256>;
+
+fn a4(i: u32) -> vec4<f32> {
+    return vec4<f32>(a[i], a[i + 1u], a[i + 2u], a[i + 3u]);
+}
+
+@compute @workgroup_size(WG_X)
+fn gemv(
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let lanes = WG_X / GEMV_ROWS;
+    let r = lid.x / lanes;
+    let lane = lid.x % lanes;
+    let n = wid.x * GEMV_ROWS + r;
+    let row = wid.z;
+    let x0 = row * p.k;
+
+    var sum = 0.0;
+    if (n < p.n) {
+        let nb = p.k / BK;
+        if (WDTYPE == 2u) {
+            // consecutive lanes read consecutive words of the row
+            let nw = nb * 8u;
+            let base = n * nw;
+            for (var wi = lane; wi < nw; wi += lanes) {
+                let word = b[base + wi];
+                let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+                sum += block_scale(n * nb + wi / 8u) * dot(q, a4(x0 + wi * 4u));
+            }
+        } else if (WDTYPE == 3u) {
+            let nw = nb * 4u;
+            let base = n * nw;
+            for (var wi = lane; wi < nw; wi += lanes) {
+                let word = b[base + wi];
+                let k = (wi / 4u) * BK + (wi % 4u) * 4u;
+                let lo = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
+                let hi = vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(0xfu)) - 8.0;
+                sum += block_scale(n * nb + wi / 4u) * (dot(lo, a4(x0 + k)) + dot(hi, a4(x0 + k + 16u)));
+            }
+        } else {
+            let base = n * p.k;
+            for (var k = lane; k < p.k; k += lanes) {
+                sum = fma(a[x0 + k], load_dense(base + k), sum);
+            }
+        }
+    }
+    red[lid.x] = sum;
+    workgroupBarrier();
+    for (var s = lanes / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            red[lid.x] += red[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && n < p.n) {
+        var v = red[lid.x];
+        if (p.has_bias != 0u) {
+            v += bias[n];
+        }
+        c[row * p.n + n] = v;
+    }
+}

@@ -1,0 +1,17 @@
+//! glimpse: vision-language models in the browser and natively. Our own WGSL kernels on
+//! WebGPU / Vulkan / Metal / DX12 through wgpu, with candle-core as the CPU path.
+//! See DESIGN.md in the project's shared notes and docs/ for the layers.
+
+pub mod bench;
+mod cpu;
+pub mod error;
+pub mod gpu;
+pub mod rng;
+pub mod selfcheck;
+pub mod tensor;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};
+pub use gpu::{GpuContext, GpuOptions};
+pub use tensor::{AttentionOpts, DType, Device, Tensor};

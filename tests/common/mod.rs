@@ -1,0 +1,65 @@
+//! Shared by the integration tests: one GPU context for the whole test binary (lavapipe in CI),
+//! and comparison helpers that report the worst element.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use glimpse::{Device, GpuContext, GpuOptions, Tensor};
+
+pub fn gpu() -> Device {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        pollster::block_on(GpuContext::new(&GpuOptions::default())).unwrap_or_else(|e| {
+            panic!("GPU tests need an adapter (CI installs lavapipe: mesa-vulkan-drivers): {e}")
+        })
+    });
+    Device::Gpu(ctx.clone())
+}
+
+pub fn cpu() -> Device {
+    Device::Cpu
+}
+
+pub fn both() -> [Device; 2] {
+    [cpu(), gpu()]
+}
+
+pub fn read(t: &Tensor) -> Vec<f32> {
+    pollster::block_on(t.to_vec_f32()).unwrap()
+}
+
+pub fn read_u32(t: &Tensor) -> Vec<u32> {
+    pollster::block_on(t.to_vec_u32()).unwrap()
+}
+
+pub fn t(data: &[f32], shape: &[usize], d: &Device) -> Tensor {
+    Tensor::from_f32(data, shape, d).unwrap()
+}
+
+/// (max |a - b|, its index); NaN counts as infinitely far.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs();
+        if d.is_nan() || d > worst.0 {
+            worst = (if d.is_nan() { f32::INFINITY } else { d }, i);
+        }
+    }
+    worst
+}
+
+/// Asserts every element is within `atol + rtol·|expected|`.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let tol = atol + rtol * w.abs();
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: element {i}: got {g}, want {w} (|diff| {} > tol {tol}); max abs diff over all {:?}",
+            (g - w).abs(),
+            max_abs_diff(got, want)
+        );
+    }
+}
