@@ -20,7 +20,7 @@ pub enum Error {
         rhs: &'static str,
     },
 
-    #[error("no GPU adapter is available ({0}); run with the CPU device instead (--device cpu)")]
+    #[error("no GPU adapter is available ({0}); use the CPU device instead")]
     NoAdapter(String),
 
     #[error(

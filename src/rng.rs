@@ -29,6 +29,8 @@ impl Rng {
 
     /// `n` integers in [0, bound).
     pub fn ids(&mut self, n: usize, bound: u32) -> Vec<u32> {
-        (0..n).map(|_| (self.next_u64() % bound as u64) as u32).collect()
+        (0..n)
+            .map(|_| (self.next_u64() % bound as u64) as u32)
+            .collect()
     }
 }

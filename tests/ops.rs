@@ -655,23 +655,27 @@ fn too_large_binding_names_the_limit_and_the_tensor() {
     .unwrap();
     let d = Device::Gpu(small);
     let data = vec![0.5f32; (1 << 20) / 4 + 1];
-    let err = Tensor::weight(
-        "text.embeddings",
-        &data,
-        &[data.len() / 1, 1],
-        DType::F32,
-        &d,
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(
-        matches!(err, glimpse::Error::BindingTooLarge { .. }),
-        "{err:?}"
-    );
-    assert!(
-        msg.contains("1048576 bytes") && msg.contains("input") || msg.contains("text.embeddings"),
-        "{msg}"
-    );
+    for dtype in [DType::F32, DType::F16] {
+        // f16 takes half the bytes: twice the values give the same 1 MiB + 4 bytes
+        let n = if dtype == DType::F32 {
+            data.len()
+        } else {
+            2 * data.len()
+        };
+        let err = Tensor::weight("text.embeddings", &vec![0.5; n], &[n, 1], dtype, &d).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, glimpse::Error::BindingTooLarge { .. }),
+            "{err:?}"
+        );
+        assert!(
+            msg.contains("allows 1048576 bytes (1.0 MiB) per storage binding")
+                && msg.contains("tensor text.embeddings needs 1048580 bytes"),
+            "{msg}"
+        );
+    }
+    let err = Tensor::from_f32(&data, &[data.len()], &d).unwrap_err();
+    assert!(err.to_string().contains("per storage binding"), "{err}");
     // the same device still works for tensors that fit
     let ok = t(&[1.0, 2.0], &[1, 2], &d).softmax_last_dim().unwrap();
     assert_close(

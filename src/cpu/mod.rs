@@ -27,7 +27,12 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, b_t: bool, out_shape: &[usize]) -> 
     Tensor::from_candle(out.reshape(out_shape)?)
 }
 
-pub(crate) fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, out_shape: &[usize]) -> Result<Tensor> {
+pub(crate) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out_shape: &[usize],
+) -> Result<Tensor> {
     let cx = x.candle("linear")?;
     let k = x.dim(-1);
     let x2 = cx.reshape(((), k))?;
@@ -80,7 +85,9 @@ pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result
     let xc = c.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let y = xc.broadcast_div(&(var + eps as f64)?.sqrt()?)?;
-    let y = y.broadcast_mul(w.candle("layer_norm")?)?.broadcast_add(b.candle("layer_norm")?)?;
+    let y = y
+        .broadcast_mul(w.candle("layer_norm")?)?
+        .broadcast_add(b.candle("layer_norm")?)?;
     Tensor::from_candle(y)
 }
 
@@ -120,8 +127,18 @@ pub(crate) fn embedding(table: &Tensor, ids: &Tensor, out_shape: &[usize]) -> Re
     Tensor::from_candle(t.index_select(&flat, 0)?.reshape(out_shape)?)
 }
 
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, kv_len: usize) -> Result<Tensor> {
-    let (cq, ck, cv) = (q.candle("attention")?, k.candle("attention")?, v.candle("attention")?);
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOpts,
+    kv_len: usize,
+) -> Result<Tensor> {
+    let (cq, ck, cv) = (
+        q.candle("attention")?,
+        k.candle("attention")?,
+        v.candle("attention")?,
+    );
     let (b, h, tq, d) = cq.dims4()?;
     let hkv = ck.dim(1)?;
     let (ck, cv) = (ck.narrow(2, 0, kv_len)?, cv.narrow(2, 0, kv_len)?);
@@ -131,7 +148,9 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts
         Ok(if rep == 1 {
             t
         } else {
-            t.unsqueeze(2)?.expand((b, hkv, rep, kv_len, d))?.reshape((b, h, kv_len, d))?
+            t.unsqueeze(2)?
+                .expand((b, hkv, rep, kv_len, d))?
+                .reshape((b, h, kv_len, d))?
         })
     };
     let (ck, cv) = (expand(ck)?, expand(cv)?);
@@ -145,7 +164,15 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts
     if opts.causal {
         let past = kv_len - tq;
         let mask: Vec<f32> = (0..tq)
-            .flat_map(|i| (0..kv_len).map(move |j| if j <= i + past { 0.0 } else { f32::NEG_INFINITY }))
+            .flat_map(|i| {
+                (0..kv_len).map(move |j| {
+                    if j <= i + past {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
             .collect();
         let mask = CT::from_vec(mask, (tq, kv_len), &candle_core::Device::Cpu)?;
         s = s.broadcast_add(&mask)?;

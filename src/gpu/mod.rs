@@ -12,9 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 pub(crate) use pool::GpuBuffer;
 
+/// Reads one limit from wgpu's struct.
+type LimitGetter = fn(&wgpu::Limits) -> u64;
+
 /// What glimpse's kernels need from a GPU, the weakest target (WebGPU's defaults) included.
 /// Each entry: (limit name as WebGPU spells it, how to read it, minimum).
-const REQUIRED_LIMITS: &[(&str, fn(&wgpu::Limits) -> u64, u64)] = &[
+const REQUIRED_LIMITS: &[(&str, LimitGetter, u64)] = &[
     (
         "maxComputeInvocationsPerWorkgroup",
         |l| l.max_compute_invocations_per_workgroup as u64,
@@ -182,7 +185,8 @@ impl GpuContext {
         let mut limits = adapter.limits();
         check_limits(&limits)?;
         if let Some(cap) = opts.max_storage_buffer_binding_size {
-            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
         }
         let info = adapter.get_info();
         let features = adapter.features();
@@ -211,7 +215,9 @@ impl GpuContext {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
@@ -286,7 +292,7 @@ impl GpuContext {
         let mut rec = lock(&self.recording);
         self.submit_locked(&mut rec);
         let mut padded;
-        let bytes = if data.len() % 4 != 0 {
+        let bytes = if !data.len().is_multiple_of(4) {
             padded = data.to_vec();
             padded.resize(data.len().next_multiple_of(4), 0);
             &padded[..]
@@ -522,8 +528,10 @@ mod tests {
 
     #[test]
     fn missing_limit_is_named() {
-        let mut limits = wgpu::Limits::default();
-        limits.max_compute_invocations_per_workgroup = 128;
+        let limits = wgpu::Limits {
+            max_compute_invocations_per_workgroup: 128,
+            ..Default::default()
+        };
         let err = check_limits(&limits).unwrap_err().to_string();
         assert!(
             err.contains("maxComputeInvocationsPerWorkgroup = 128") && err.contains("256"),

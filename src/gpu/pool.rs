@@ -96,9 +96,24 @@ impl Drop for GpuBuffer {
 mod tests {
     #[test]
     fn size_classes_waste_at_most_a_third() {
-        for bytes in [1u64, 255, 256, 257, 384, 385, 1000, 4096, 1 << 20, 3 << 20, 100_000_000] {
+        for bytes in [
+            1u64,
+            255,
+            256,
+            257,
+            384,
+            385,
+            1000,
+            4096,
+            1 << 20,
+            3 << 20,
+            100_000_000,
+        ] {
             let c = super::size_class(bytes);
-            assert!(c >= bytes && (c as f64) <= (bytes.max(256) as f64) * 1.5 + 1.0, "{bytes} -> {c}");
+            assert!(
+                c >= bytes && (c as f64) <= (bytes.max(256) as f64) * 1.5 + 1.0,
+                "{bytes} -> {c}"
+            );
         }
     }
 }

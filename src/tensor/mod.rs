@@ -258,7 +258,13 @@ impl Tensor {
     ) -> Result<Tensor> {
         Self::check_len("weight", data.len(), shape)?;
         match dtype {
-            DType::F32 => Self::from_f32(data, shape, device),
+            DType::F32 => match device {
+                Device::Cpu => Self::from_f32(data, shape, device),
+                Device::Gpu(ctx) => {
+                    let buf = ctx.upload(name, bytemuck::cast_slice(data))?;
+                    Ok(Self::gpu(ctx, buf, shape, DType::F32))
+                }
+            },
             DType::U32 => Err(Error::DType {
                 op: "weight",
                 dtype: "u32",
@@ -310,7 +316,12 @@ impl Tensor {
         }
     }
 
-    pub(crate) fn gpu(ctx: &Arc<GpuContext>, buf: GpuBuffer, shape: &[usize], dtype: DType) -> Tensor {
+    pub(crate) fn gpu(
+        ctx: &Arc<GpuContext>,
+        buf: GpuBuffer,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Tensor {
         Tensor::from_storage(
             shape.to_vec(),
             dtype,
@@ -460,4 +471,3 @@ pub(crate) fn same_device(op: &'static str, ts: &[&Tensor]) -> Result<Device> {
     }
     Ok(d)
 }
-

@@ -24,7 +24,10 @@ pub struct AttentionOpts<'a> {
 /// Splits `[..., M, K]` into (batch, M, K).
 fn batch_dims(t: &Tensor, op: &'static str) -> Result<(usize, usize, usize)> {
     if t.rank() < 2 {
-        return Err(Error::shape(op, format!("expected at least 2 dims, got {:?}", t.shape())));
+        return Err(Error::shape(
+            op,
+            format!("expected at least 2 dims, got {:?}", t.shape()),
+        ));
     }
     let r = t.rank();
     let (m, k) = (t.shape()[r - 2], t.shape()[r - 1]);
@@ -73,7 +76,9 @@ impl Tensor {
         let mut out_shape = self.shape()[..self.rank() - 2].to_vec();
         out_shape.extend([m, n]);
         match self.storage() {
-            Storage::Gpu { .. } => gk::matmul::matmul(self, rhs, rhs_t, ba, bb, m, n, k, &out_shape),
+            Storage::Gpu { .. } => {
+                gk::matmul::matmul(self, rhs, rhs_t, ba, bb, m, n, k, &out_shape)
+            }
             _ => cpu::matmul(self, rhs, rhs_t, &out_shape),
         }
     }
@@ -87,19 +92,34 @@ impl Tensor {
         same_device(op, &all)?;
         self.expect_dtype(op, DType::F32)?;
         if w.rank() != 2 || w.dtype() == DType::U32 {
-            return Err(Error::shape(op, format!("weight must be 2-D [N, K], got {:?} {}", w.shape(), w.dtype().name())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weight must be 2-D [N, K], got {:?} {}",
+                    w.shape(),
+                    w.dtype().name()
+                ),
+            ));
         }
         let (n, k) = (w.shape()[0], w.shape()[1]);
         if self.dim(-1) != k || self.rank() == 0 {
             return Err(Error::shape(
                 op,
-                format!("input {:?} has {} features, weight {:?} expects {k}", self.shape(), self.dim(-1), w.shape()),
+                format!(
+                    "input {:?} has {} features, weight {:?} expects {k}",
+                    self.shape(),
+                    self.dim(-1),
+                    w.shape()
+                ),
             ));
         }
         if let Some(b) = bias {
             b.expect_dtype(op, DType::F32)?;
             if b.shape() != [n] {
-                return Err(Error::shape(op, format!("bias {:?} should be [{n}]", b.shape())));
+                return Err(Error::shape(
+                    op,
+                    format!("bias {:?} should be [{n}]", b.shape()),
+                ));
             }
         }
         let rows = self.numel() / k.max(1);
@@ -116,8 +136,12 @@ impl Tensor {
         same_device(name, &[self, rhs])?;
         self.expect_dtype(name, DType::F32)?;
         rhs.expect_dtype(name, DType::F32)?;
-        let out_shape = broadcast_shape(self.shape(), rhs.shape())
-            .ok_or_else(|| Error::shape(name, format!("cannot broadcast {:?} with {:?}", self.shape(), rhs.shape())))?;
+        let out_shape = broadcast_shape(self.shape(), rhs.shape()).ok_or_else(|| {
+            Error::shape(
+                name,
+                format!("cannot broadcast {:?} with {:?}", self.shape(), rhs.shape()),
+            )
+        })?;
         match self.storage() {
             Storage::Gpu { .. } => gk::elementwise::binary(self, rhs, op, &out_shape),
             _ => cpu::binary(self, rhs, op),
@@ -169,7 +193,15 @@ impl Tensor {
     fn check_norm_param(&self, op: &'static str, p: &Tensor) -> Result<()> {
         p.expect_dtype(op, DType::F32)?;
         if p.shape() != [self.dim(-1)] {
-            return Err(Error::shape(op, format!("parameter {:?} should be [{}] for input {:?}", p.shape(), self.dim(-1), self.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "parameter {:?} should be [{}] for input {:?}",
+                    p.shape(),
+                    self.dim(-1),
+                    self.shape()
+                ),
+            ));
         }
         Ok(())
     }
@@ -208,12 +240,21 @@ impl Tensor {
             t.expect_dtype(op, DType::F32)?;
         }
         let &[_, _, t, d] = self.shape() else {
-            return Err(Error::shape(op, format!("expected [B, H, T, D], got {:?}", self.shape())));
+            return Err(Error::shape(
+                op,
+                format!("expected [B, H, T, D], got {:?}", self.shape()),
+            ));
         };
         if d % 2 != 0 || cos.shape() != [t, d / 2] || sin.shape() != [t, d / 2] {
             return Err(Error::shape(
                 op,
-                format!("cos {:?} / sin {:?} should be [{t}, {}] for {:?} (D even)", cos.shape(), sin.shape(), d / 2, self.shape()),
+                format!(
+                    "cos {:?} / sin {:?} should be [{t}, {}] for {:?} (D even)",
+                    cos.shape(),
+                    sin.shape(),
+                    d / 2,
+                    self.shape()
+                ),
             ));
         }
         match self.storage() {
@@ -228,7 +269,14 @@ impl Tensor {
         same_device(op, &[self, ids])?;
         ids.expect_dtype(op, DType::U32)?;
         if self.rank() != 2 || !matches!(self.dtype(), DType::F32 | DType::F16) {
-            return Err(Error::shape(op, format!("table must be 2-D f32 or f16, got {:?} {}", self.shape(), self.dtype().name())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "table must be 2-D f32 or f16, got {:?} {}",
+                    self.shape(),
+                    self.dtype().name()
+                ),
+            ));
         }
         let mut out_shape = ids.shape().to_vec();
         out_shape.push(self.shape()[1]);
@@ -249,25 +297,51 @@ impl Tensor {
             t.expect_dtype(op, DType::F32)?;
         }
         let (&[b, h, tq, d], &[bk, hkv, cap, dk]) = (q.shape(), k.shape()) else {
-            return Err(Error::shape(op, format!("q {:?} and k {:?} should be [B, H, T, D]", q.shape(), k.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "q {:?} and k {:?} should be [B, H, T, D]",
+                    q.shape(),
+                    k.shape()
+                ),
+            ));
         };
         if v.shape() != k.shape() || bk != b || dk != d || hkv == 0 || h % hkv != 0 {
             return Err(Error::shape(
                 op,
-                format!("q {:?}, k {:?}, v {:?}: batch and head_dim must agree and heads divide", q.shape(), k.shape(), v.shape()),
+                format!(
+                    "q {:?}, k {:?}, v {:?}: batch and head_dim must agree and heads divide",
+                    q.shape(),
+                    k.shape(),
+                    v.shape()
+                ),
             ));
         }
         let kv_len = opts.kv_len.unwrap_or(cap);
         if kv_len > cap || kv_len == 0 {
-            return Err(Error::shape(op, format!("kv_len {kv_len} outside 1..={cap}")));
+            return Err(Error::shape(
+                op,
+                format!("kv_len {kv_len} outside 1..={cap}"),
+            ));
         }
         if opts.causal && tq > kv_len {
-            return Err(Error::shape(op, format!("causal attention with {tq} queries needs at least as many keys, got {kv_len}")));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "causal attention with {tq} queries needs at least as many keys, got {kv_len}"
+                ),
+            ));
         }
         if let Some(m) = opts.mask {
-            let ok = m.rank() == 3 && (m.shape()[0] == b || m.shape()[0] == 1) && m.shape()[1] == tq && m.shape()[2] >= kv_len;
+            let ok = m.rank() == 3
+                && (m.shape()[0] == b || m.shape()[0] == 1)
+                && m.shape()[1] == tq
+                && m.shape()[2] >= kv_len;
             if !ok {
-                return Err(Error::shape(op, format!("mask {:?} should be [{b} or 1, {tq}, ≥{kv_len}]", m.shape())));
+                return Err(Error::shape(
+                    op,
+                    format!("mask {:?} should be [{b} or 1, {tq}, ≥{kv_len}]", m.shape()),
+                ));
             }
         }
         match q.storage() {
@@ -283,13 +357,26 @@ impl Tensor {
         let op = "patch_embed";
         self.expect_dtype(op, DType::F32)?;
         let &[b, c, hh, ww] = self.shape() else {
-            return Err(Error::shape(op, format!("expected [B, C, H, W], got {:?}", self.shape())));
+            return Err(Error::shape(
+                op,
+                format!("expected [B, C, H, W], got {:?}", self.shape()),
+            ));
         };
         if patch == 0 || hh % patch != 0 || ww % patch != 0 {
-            return Err(Error::shape(op, format!("image {hh}×{ww} is not a whole number of {patch}×{patch} patches")));
+            return Err(Error::shape(
+                op,
+                format!("image {hh}×{ww} is not a whole number of {patch}×{patch} patches"),
+            ));
         }
         if w.rank() != 2 || w.shape()[1] != c * patch * patch {
-            return Err(Error::shape(op, format!("weight {:?} should be [O, {}]", w.shape(), c * patch * patch)));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weight {:?} should be [O, {}]",
+                    w.shape(),
+                    c * patch * patch
+                ),
+            ));
         }
         let (hp, wp) = (hh / patch, ww / patch);
         // (B, C, H, W) -> (B·Np, C·P·P), each row one patch in (c, ky, kx) order
@@ -313,9 +400,18 @@ impl Tensor {
         let mut seen = [false; 4];
         let valid = dims.len() == self.rank()
             && dims.len() <= 4
-            && dims.iter().all(|&d| d < dims.len() && !std::mem::replace(&mut seen[d], true));
+            && dims
+                .iter()
+                .all(|&d| d < dims.len() && !std::mem::replace(&mut seen[d], true));
         if !valid {
-            return Err(Error::shape("permute", format!("{dims:?} is not a permutation of the {} dims of {:?} (rank ≤ 4)", self.rank(), self.shape())));
+            return Err(Error::shape(
+                "permute",
+                format!(
+                    "{dims:?} is not a permutation of the {} dims of {:?} (rank ≤ 4)",
+                    self.rank(),
+                    self.shape()
+                ),
+            ));
         }
         let shape: Vec<usize> = dims.iter().map(|&d| self.shape()[d]).collect();
         match self.storage() {
@@ -327,21 +423,34 @@ impl Tensor {
     /// `len` entries of dimension `dim` from `start`, copied into a new tensor.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         if dim >= self.rank() || start + len > self.shape()[dim] || self.rank() > 4 {
-            return Err(Error::shape("narrow", format!("{start}..{} of dim {dim} of {:?}", start + len, self.shape())));
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "{start}..{} of dim {dim} of {:?}",
+                    start + len,
+                    self.shape()
+                ),
+            ));
         }
         self.expect_f32_or_u32("narrow")?;
         let mut shape = self.shape().to_vec();
         shape[dim] = len;
         match self.storage() {
             Storage::Gpu { .. } => gk::layout::narrow(self, dim, start, &shape),
-            _ => Tensor::from_candle(self.candle("narrow")?.narrow(dim, start, len)?.contiguous()?),
+            _ => Tensor::from_candle(
+                self.candle("narrow")?
+                    .narrow(dim, start, len)?
+                    .contiguous()?,
+            ),
         }
     }
 
     /// Joins tensors along `dim`; all other dimensions must agree.
     pub fn cat(ts: &[&Tensor], dim: usize) -> Result<Tensor> {
         let op = "cat";
-        let first = ts.first().ok_or_else(|| Error::shape(op, "no tensors to join"))?;
+        let first = ts
+            .first()
+            .ok_or_else(|| Error::shape(op, "no tensors to join"))?;
         same_device(op, ts)?;
         for t in ts {
             t.expect_dtype(op, first.dtype())?;
@@ -349,7 +458,14 @@ impl Tensor {
                 && dim < t.rank()
                 && (0..t.rank()).all(|i| i == dim || t.shape()[i] == first.shape()[i]);
             if !agree || t.rank() > 4 {
-                return Err(Error::shape(op, format!("cannot join {:?} and {:?} along dim {dim}", first.shape(), t.shape())));
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "cannot join {:?} and {:?} along dim {dim}",
+                        first.shape(),
+                        t.shape()
+                    ),
+                ));
             }
         }
         first.expect_f32_or_u32(op)?;
@@ -358,7 +474,10 @@ impl Tensor {
         match first.storage() {
             Storage::Gpu { .. } => gk::layout::cat(ts, dim, &shape),
             _ => {
-                let cs = ts.iter().map(|t| t.candle(op).cloned()).collect::<Result<Vec<_>>>()?;
+                let cs = ts
+                    .iter()
+                    .map(|t| t.candle(op).cloned())
+                    .collect::<Result<Vec<_>>>()?;
                 Tensor::from_candle(candle_core::Tensor::cat(&cs, dim)?)
             }
         }
@@ -377,7 +496,14 @@ impl Tensor {
             && offset + src.shape()[dim] <= self.shape()[dim]
             && (0..self.rank()).all(|i| i == dim || self.shape()[i] == src.shape()[i]);
         if !fits {
-            return Err(Error::shape(op, format!("{:?} does not fit into {:?} at {offset} along dim {dim}", src.shape(), self.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{:?} does not fit into {:?} at {offset} along dim {dim}",
+                    src.shape(),
+                    self.shape()
+                ),
+            ));
         }
         match self.storage() {
             Storage::Gpu { .. } => gk::layout::write_slice(self, src, dim, offset),
@@ -389,7 +515,10 @@ impl Tensor {
     pub fn argmax_last_dim(&self) -> Result<Tensor> {
         self.expect_dtype("argmax", DType::F32)?;
         if self.rank() == 0 || self.dim(-1) == 0 {
-            return Err(Error::shape("argmax", format!("nothing to reduce in {:?}", self.shape())));
+            return Err(Error::shape(
+                "argmax",
+                format!("nothing to reduce in {:?}", self.shape()),
+            ));
         }
         let out_shape = self.shape()[..self.rank() - 1].to_vec();
         match self.storage() {
@@ -411,8 +540,16 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -422,4 +559,3 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     }
     Some(out)
 }
-

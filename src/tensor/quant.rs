@@ -61,7 +61,11 @@ pub fn pack_for_gpu(q: &QTensor, dtype: DType) -> Result<Vec<u32>> {
     let (block_bytes, qwords) = match dtype {
         DType::Q8_0 => (Q8_0_BYTES, 8usize),
         DType::Q4_0 => (Q4_0_BYTES, 4usize),
-        d => return Err(ggml(d).err().unwrap_or(Error::Invalid("not quantized".into()))),
+        d => {
+            return Err(ggml(d)
+                .err()
+                .unwrap_or(Error::Invalid("not quantized".into())))
+        }
     };
     if raw.len() % block_bytes != 0 {
         return Err(Error::Invalid(format!(
@@ -146,7 +150,9 @@ mod tests {
 
     #[test]
     fn gpu_packing_round_trips_through_candle_dequantize() {
-        let data: Vec<f32> = (0..3 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let data: Vec<f32> = (0..3 * 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for dtype in [DType::Q8_0, DType::Q4_0] {
             let q = quantize("w", &data, &[3, 64], dtype).unwrap();
             let words = pack_for_gpu(&q, dtype).unwrap();
@@ -161,6 +167,9 @@ mod tests {
         let err = quantize("fc.weight", &[0.0; 2 * 33], &[2, 33], DType::Q8_0)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("fc.weight") && err.contains("multiple of the 32"), "{err}");
+        assert!(
+            err.contains("fc.weight") && err.contains("multiple of the 32"),
+            "{err}"
+        );
     }
 }

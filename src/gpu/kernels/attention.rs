@@ -30,12 +30,21 @@ struct Params {
     _pad: u32,
 }
 
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts, kv_len: usize) -> Result<Tensor> {
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOpts,
+    kv_len: usize,
+) -> Result<Tensor> {
     let op = "attention";
     let (b, h, tq, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
     let (hkv, cap) = (k.shape()[1], k.shape()[2]);
     if d > MAX_HEAD_DIM {
-        return Err(Error::shape(op, format!("head_dim {d} exceeds the GPU kernel's {MAX_HEAD_DIM}")));
+        return Err(Error::shape(
+            op,
+            format!("head_dim {d} exceeds the GPU kernel's {MAX_HEAD_DIM}"),
+        ));
     }
     let (ctx, qbuf) = parts(q)?;
     let (_, kbuf) = parts(k)?;
@@ -44,7 +53,12 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts
     let (mbuf, mbytes, mask_b_stride, mask_cols) = match opts.mask {
         Some(m) => {
             let (mb, _, cols) = (m.shape()[0], m.shape()[1], m.shape()[2]);
-            (parts(m)?.1, m.gpu_bytes(), if mb == 1 { 0 } else { tq * cols }, cols)
+            (
+                parts(m)?.1,
+                m.gpu_bytes(),
+                if mb == 1 { 0 } else { tq * cols },
+                cols,
+            )
         }
         None => (&dummy, 4, 0, 0),
     };
@@ -65,7 +79,11 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts
     };
     let workload = Workload {
         workgroup_size: [WG, 1],
-        workgroup_count: [u32_of(op, "Tq", tq)?, u32_of(op, "heads", h)?, u32_of(op, "batch", b)?],
+        workgroup_count: [
+            u32_of(op, "Tq", tq)?,
+            u32_of(op, "heads", h)?,
+            u32_of(op, "batch", b)?,
+        ],
     };
     launch(
         ctx,

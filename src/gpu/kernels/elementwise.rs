@@ -75,7 +75,11 @@ fn broadcast_strides(shape: &[usize], out: &[usize; 4]) -> [u32; 4] {
     let mut strides = [0u32; 4];
     let mut s = 1usize;
     for d in (0..4).rev() {
-        strides[d] = if padded[d] == 1 && out[d] != 1 { 0 } else { s as u32 };
+        strides[d] = if padded[d] == 1 && out[d] != 1 {
+            0
+        } else {
+            s as u32
+        };
         s *= padded[d];
     }
     strides
@@ -83,7 +87,10 @@ fn broadcast_strides(shape: &[usize], out: &[usize; 4]) -> [u32; 4] {
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, out_shape: &[usize]) -> Result<Tensor> {
     if out_shape.len() > 4 {
-        return Err(crate::error::Error::shape(op.name(), format!("broadcast ops take up to 4 dims, got {out_shape:?}")));
+        return Err(crate::error::Error::shape(
+            op.name(),
+            format!("broadcast ops take up to 4 dims, got {out_shape:?}"),
+        ));
     }
     let (ctx, abuf) = parts(a)?;
     let (_, bbuf) = parts(b)?;
@@ -106,7 +113,11 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp, out_shape: &[usize]) 
         "binary",
         vec![("OP", op as u32)],
         &params,
-        &[(abuf, a.gpu_bytes()), (bbuf, b.gpu_bytes()), (&out, (numel * 4) as u64)],
+        &[
+            (abuf, a.gpu_bytes()),
+            (bbuf, b.gpu_bytes()),
+            (&out, (numel * 4) as u64),
+        ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))

@@ -39,7 +39,11 @@ pub(crate) fn embedding(table: &Tensor, ids: &Tensor, out_shape: &[usize]) -> Re
         "embedding",
         vec![("WDTYPE", table.dtype().kernel_code())],
         &params,
-        &[(ibuf, ids.gpu_bytes()), (tbuf, table.gpu_bytes()), (&out, (numel * 4) as u64)],
+        &[
+            (ibuf, ids.gpu_bytes()),
+            (tbuf, table.gpu_bytes()),
+            (&out, (numel * 4) as u64),
+        ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))

@@ -85,13 +85,24 @@ fn copy(
         numel: u32_of("copy", "numel", numel)?,
         row_pitch: workload.workgroup_count[0] * WG,
     };
-    launch(ctx, &COPY, "copy_strided", vec![], &params, &[src, dst], workload)
+    launch(
+        ctx,
+        &COPY,
+        "copy_strided",
+        vec![],
+        &params,
+        &[src, dst],
+        workload,
+    )
 }
 
 fn word_dtype(t: &Tensor) -> Result<DType> {
     match t.dtype() {
         DType::F32 | DType::U32 => Ok(t.dtype()),
-        _ => Err(Error::Invalid(format!("layout ops copy 32-bit tensors, got {:?}", t))),
+        _ => Err(Error::Invalid(format!(
+            "layout ops copy 32-bit tensors, got {:?}",
+            t
+        ))),
     }
 }
 
@@ -101,7 +112,16 @@ pub(crate) fn permute(x: &Tensor, dims: &[usize], out_shape: &[usize]) -> Result
     let out = output(ctx, "permute", out_shape, dtype)?;
     let in_strides = strides(x.shape());
     let src_strides: Vec<usize> = dims.iter().map(|&d| in_strides[d]).collect();
-    copy(ctx, (xbuf, x.gpu_bytes()), (&out, x.gpu_bytes()), out_shape, &src_strides, 0, &strides(out_shape), 0)?;
+    copy(
+        ctx,
+        (xbuf, x.gpu_bytes()),
+        (&out, x.gpu_bytes()),
+        out_shape,
+        &src_strides,
+        0,
+        &strides(out_shape),
+        0,
+    )?;
     Ok(Tensor::gpu(ctx, out, out_shape, dtype))
 }
 
@@ -111,7 +131,16 @@ pub(crate) fn narrow(x: &Tensor, dim: usize, start: usize, out_shape: &[usize]) 
     let out = output(ctx, "narrow", out_shape, dtype)?;
     let in_strides = strides(x.shape());
     let bytes = dtype.gpu_bytes(out_shape.iter().product());
-    copy(ctx, (xbuf, x.gpu_bytes()), (&out, bytes), out_shape, &in_strides, start * in_strides[dim], &strides(out_shape), 0)?;
+    copy(
+        ctx,
+        (xbuf, x.gpu_bytes()),
+        (&out, bytes),
+        out_shape,
+        &in_strides,
+        start * in_strides[dim],
+        &strides(out_shape),
+        0,
+    )?;
     Ok(Tensor::gpu(ctx, out, out_shape, dtype))
 }
 
@@ -124,7 +153,16 @@ pub(crate) fn cat(ts: &[&Tensor], dim: usize, out_shape: &[usize]) -> Result<Ten
     let mut offset = 0;
     for t in ts {
         let (_, buf) = parts(t)?;
-        copy(ctx, (buf, t.gpu_bytes()), (&out, out_bytes), t.shape(), &strides(t.shape()), 0, &out_strides, offset * out_strides[dim])?;
+        copy(
+            ctx,
+            (buf, t.gpu_bytes()),
+            (&out, out_bytes),
+            t.shape(),
+            &strides(t.shape()),
+            0,
+            &out_strides,
+            offset * out_strides[dim],
+        )?;
         offset += t.shape()[dim];
     }
     Ok(Tensor::gpu(ctx, out, out_shape, dtype))
@@ -134,7 +172,16 @@ pub(crate) fn write_slice(dst: &Tensor, src: &Tensor, dim: usize, offset: usize)
     let (ctx, dbuf) = parts(dst)?;
     let (_, sbuf) = parts(src)?;
     let dst_strides = strides(dst.shape());
-    copy(ctx, (sbuf, src.gpu_bytes()), (dbuf, dst.gpu_bytes()), src.shape(), &strides(src.shape()), 0, &dst_strides, offset * dst_strides[dim])
+    copy(
+        ctx,
+        (sbuf, src.gpu_bytes()),
+        (dbuf, dst.gpu_bytes()),
+        src.shape(),
+        &strides(src.shape()),
+        0,
+        &dst_strides,
+        offset * dst_strides[dim],
+    )
 }
 
 pub(crate) fn im2col(x: &Tensor, patch: usize) -> Result<Tensor> {
@@ -154,6 +201,14 @@ pub(crate) fn im2col(x: &Tensor, patch: usize) -> Result<Tensor> {
         row_pitch: workload.workgroup_count[0] * WG,
         _pad: [0; 2],
     };
-    launch(ctx, &IM2COL, "im2col", vec![], &params, &[(xbuf, x.gpu_bytes()), (&out, x.gpu_bytes())], workload)?;
+    launch(
+        ctx,
+        &IM2COL,
+        "im2col",
+        vec![],
+        &params,
+        &[(xbuf, x.gpu_bytes()), (&out, x.gpu_bytes())],
+        workload,
+    )?;
     Ok(Tensor::gpu(ctx, out, &shape, DType::F32))
 }

@@ -65,13 +65,21 @@ pub(crate) fn matmul(
         k: u32_of(op, "K", k)?,
         has_bias: 0,
         a_batch_stride: u32_of(op, "M·K", m * k)?,
-        b_batch_stride: if bb == 1 { 0 } else { u32_of(op, "K·N", k * n)? },
+        b_batch_stride: if bb == 1 {
+            0
+        } else {
+            u32_of(op, "K·N", k * n)?
+        },
         c_batch_stride: u32_of(op, "M·N", m * n)?,
         scale_offset: 0,
     };
     let workload = Workload {
         workgroup_size: GEMM_WG,
-        workgroup_count: [n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, u32_of(op, "batch", batch)?],
+        workgroup_count: [
+            n.div_ceil(GEMM_TILE) as u32,
+            m.div_ceil(GEMM_TILE) as u32,
+            u32_of(op, "batch", batch)?,
+        ],
     };
     launch(
         ctx,
@@ -79,7 +87,12 @@ pub(crate) fn matmul(
         "matmul",
         vec![("WDTYPE", 0), ("B_TRANS", b_t as u32)],
         &params,
-        &[(abuf, a.gpu_bytes()), (bbuf, b.gpu_bytes()), (&dummy, 4), (&out, (m * n * batch * 4) as u64)],
+        &[
+            (abuf, a.gpu_bytes()),
+            (bbuf, b.gpu_bytes()),
+            (&dummy, 4),
+            (&out, (m * n * batch * 4) as u64),
+        ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
@@ -98,8 +111,11 @@ pub(crate) fn linear(
     let op = "linear";
     let (ctx, xbuf) = parts(x)?;
     let (_, wbuf) = parts(w)?;
-    if w.dtype().is_quantized() && k % quant::BLOCK != 0 {
-        return Err(Error::shape(op, format!("quantized weight K = {k} is not a multiple of 32")));
+    if w.dtype().is_quantized() && !k.is_multiple_of(quant::BLOCK) {
+        return Err(Error::shape(
+            op,
+            format!("quantized weight K = {k} is not a multiple of 32"),
+        ));
     }
     let out = output(ctx, "linear output", out_shape, DType::F32)?;
     let dummy;
@@ -136,9 +152,15 @@ pub(crate) fn linear(
     } else {
         let workload = Workload {
             workgroup_size: GEMM_WG,
-            workgroup_count: [n.div_ceil(GEMM_TILE) as u32, u32_of(op, "rows/64", rows.div_ceil(GEMM_TILE))?, 1],
+            workgroup_count: [
+                n.div_ceil(GEMM_TILE) as u32,
+                u32_of(op, "rows/64", rows.div_ceil(GEMM_TILE))?,
+                1,
+            ],
         };
-        launch(ctx, &SHADER, "matmul", constants, &params, &buffers, workload)?;
+        launch(
+            ctx, &SHADER, "matmul", constants, &params, &buffers, workload,
+        )?;
     }
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
 }

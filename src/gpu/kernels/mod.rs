@@ -22,7 +22,12 @@ pub(crate) fn parts(t: &Tensor) -> Result<(&Arc<GpuContext>, &GpuBuffer)> {
 }
 
 /// A new output tensor's buffer.
-pub(crate) fn output(ctx: &Arc<GpuContext>, name: &str, shape: &[usize], dtype: DType) -> Result<GpuBuffer> {
+pub(crate) fn output(
+    ctx: &Arc<GpuContext>,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<GpuBuffer> {
     ctx.alloc(name, dtype.gpu_bytes(shape.iter().product()))
 }
 

@@ -58,12 +58,26 @@ pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
     let (params, workload) = rows_workload("softmax", x)?;
     let out = output(ctx, "softmax", x.shape(), DType::F32)?;
-    launch(ctx, &SOFTMAX, "softmax", vec![], &params, &[(xbuf, x.gpu_bytes()), (&out, x.gpu_bytes())], workload)?;
+    launch(
+        ctx,
+        &SOFTMAX,
+        "softmax",
+        vec![],
+        &params,
+        &[(xbuf, x.gpu_bytes()), (&out, x.gpu_bytes())],
+        workload,
+    )?;
     Ok(Tensor::gpu(ctx, out, x.shape(), DType::F32))
 }
 
 /// LayerNorm (`rms = false`, weight and bias) or RMSNorm (`rms = true`, weight only).
-pub(crate) fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f32, rms: bool) -> Result<Tensor> {
+pub(crate) fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+    rms: bool,
+) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
     let (row, workload) = rows_workload("layer_norm", x)?;
     let out = output(ctx, "layer_norm", x.shape(), DType::F32)?;
@@ -76,14 +90,23 @@ pub(crate) fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tens
         Some(b) => (parts(b)?.1, b.gpu_bytes()),
         None => (&dummy, 4),
     };
-    let params = NormParams { row, eps, _pad: [0; 3] };
+    let params = NormParams {
+        row,
+        eps,
+        _pad: [0; 3],
+    };
     launch(
         ctx,
         &LAYER_NORM,
         "layer_norm",
         vec![("RMS", rms as u32), ("HAS_BIAS", bias.is_some() as u32)],
         &params,
-        &[(xbuf, x.gpu_bytes()), (wbuf, wbytes), (bbuf, bbytes), (&out, x.gpu_bytes())],
+        &[
+            (xbuf, x.gpu_bytes()),
+            (wbuf, wbytes),
+            (bbuf, bbytes),
+            (&out, x.gpu_bytes()),
+        ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, x.shape(), DType::F32))
@@ -94,6 +117,14 @@ pub(crate) fn argmax(x: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
     let (params, workload) = rows_workload("argmax", x)?;
     let rows = params.rows as usize;
     let out = output(ctx, "argmax", out_shape, DType::U32)?;
-    launch(ctx, &ARGMAX, "argmax", vec![], &params, &[(xbuf, x.gpu_bytes()), (&out, (rows * 4) as u64)], workload)?;
+    launch(
+        ctx,
+        &ARGMAX,
+        "argmax",
+        vec![],
+        &params,
+        &[(xbuf, x.gpu_bytes()), (&out, (rows * 4) as u64)],
+        workload,
+    )?;
     Ok(Tensor::gpu(ctx, out, out_shape, DType::U32))
 }

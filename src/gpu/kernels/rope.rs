@@ -39,7 +39,12 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) ->
         "rope",
         vec![("INTERLEAVED", interleaved as u32)],
         &params,
-        &[(xbuf, x.gpu_bytes()), (cbuf, cos.gpu_bytes()), (sbuf, sin.gpu_bytes()), (&out, x.gpu_bytes())],
+        &[
+            (xbuf, x.gpu_bytes()),
+            (cbuf, cos.gpu_bytes()),
+            (sbuf, sin.gpu_bytes()),
+            (&out, x.gpu_bytes()),
+        ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, x.shape(), DType::F32))

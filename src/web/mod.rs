@@ -1,0 +1,220 @@
+//! The wasm-bindgen API: the only place that knows JS types. Errors become JS `Error`s with
+//! the library's message. `www/` builds the page and the worker on top of this.
+
+use js_sys::{Function, Reflect};
+use wasm_bindgen::prelude::*;
+
+use crate::bench::{self, BenchOptions, BenchRow};
+use crate::gpu::{GpuContext, GpuOptions};
+use crate::selfcheck;
+use crate::tensor::{AttentionOpts, DType, Device, Tensor};
+
+fn js_err(e: impl std::fmt::Display) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+/// `performance.now()` of the page or worker.
+pub(crate) fn performance_now() -> f64 {
+    let perf = Reflect::get(&js_sys::global(), &JsValue::from_str("performance"));
+    let now = perf
+        .as_ref()
+        .ok()
+        .and_then(|p| Reflect::get(p, &JsValue::from_str("now")).ok());
+    match (perf, now) {
+        (Ok(p), Some(f)) => f
+            .dyn_into::<Function>()
+            .ok()
+            .and_then(|f| f.call0(&p).ok())
+            .and_then(|v| v.as_f64())
+            .unwrap_or_else(js_sys::Date::now),
+        _ => js_sys::Date::now(),
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct EngineOptions {
+    /// "webgpu" (default) or "cpu"
+    device: Option<String>,
+    /// ask the GPU for a smaller storage-binding limit (bytes), e.g. to act like a phone
+    max_storage_buffer_binding_size: Option<f64>,
+}
+
+/// A device to run tensors on: WebGPU (our WGSL kernels) or the CPU (candle in wasm).
+#[wasm_bindgen]
+pub struct Engine {
+    device: Device,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// `await Engine.create({ device: 'webgpu' | 'cpu', maxStorageBufferBindingSize })`.
+    /// Rejects with a readable message when WebGPU has no adapter or lacks a limit we need.
+    pub async fn create(opts: JsValue) -> Result<Engine, JsError> {
+        let opts: EngineOptions = if opts.is_undefined() || opts.is_null() {
+            EngineOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(opts).map_err(js_err)?
+        };
+        let device = match opts.device.as_deref().unwrap_or("webgpu") {
+            "cpu" => Device::Cpu,
+            "webgpu" | "gpu" => {
+                let gpu_opts = GpuOptions {
+                    max_storage_buffer_binding_size: opts
+                        .max_storage_buffer_binding_size
+                        .map(|v| v as u64),
+                };
+                Device::Gpu(GpuContext::new(&gpu_opts).await.map_err(js_err)?)
+            }
+            other => {
+                return Err(JsError::new(&format!(
+                    "unknown device {other:?}: use 'webgpu' or 'cpu'"
+                )))
+            }
+        };
+        Ok(Engine { device })
+    }
+
+    /// "webgpu" or "cpu".
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        match self.device {
+            Device::Cpu => "cpu".into(),
+            Device::Gpu(_) => "webgpu".into(),
+        }
+    }
+
+    /// The adapter's limits glimpse uses (null on the CPU).
+    pub fn info(&self) -> Result<JsValue, JsError> {
+        match &self.device {
+            Device::Cpu => Ok(JsValue::NULL),
+            Device::Gpu(ctx) => serde_wasm_bindgen::to_value(ctx.summary()).map_err(js_err),
+        }
+    }
+
+    /// Output of a self-check case (see `caseNames()`) with inputs drawn from `seed`.
+    #[wasm_bindgen(js_name = runCase)]
+    pub async fn run_case(&self, name: String, seed: f64) -> Result<Vec<f32>, JsError> {
+        selfcheck::run_case(&name, seed as u64, &self.device)
+            .await
+            .map_err(js_err)
+    }
+
+    /// Every case on this device and on the CPU, compared: `[{case, max_abs_diff, tolerance, pass}]`.
+    pub async fn selfcheck(&self, seed: f64) -> Result<JsValue, JsError> {
+        let r = selfcheck::selfcheck(&self.device, seed as u64)
+            .await
+            .map_err(js_err)?;
+        serde_wasm_bindgen::to_value(&r).map_err(js_err)
+    }
+
+    /// Kernel benchmark rows for this device (see `formatBenchTable`).
+    #[wasm_bindgen(js_name = benchKernels)]
+    pub async fn bench_kernels(&self, samples: u32, max_n: u32) -> Result<JsValue, JsError> {
+        let opts = BenchOptions {
+            samples: samples.max(1) as usize,
+            target_ms: 20.0,
+            max_n: max_n as usize,
+        };
+        let label = match self.device {
+            Device::Cpu => "cpu",
+            Device::Gpu(_) => "webgpu",
+        };
+        let rows = bench::bench_kernels(&self.device, label, &opts)
+            .await
+            .map_err(js_err)?;
+        serde_wasm_bindgen::to_value(&rows).map_err(js_err)
+    }
+
+    /// An f32 tensor from data and shape.
+    pub fn tensor(&self, data: Vec<f32>, shape: Vec<u32>) -> Result<JsTensor, JsError> {
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        Tensor::from_f32(&data, &shape, &self.device)
+            .map(JsTensor)
+            .map_err(js_err)
+    }
+
+    /// A weight tensor stored as `dtype`: "f32", "f16", "q8_0" or "q4_0".
+    pub fn weight(
+        &self,
+        name: String,
+        data: Vec<f32>,
+        shape: Vec<u32>,
+        dtype: String,
+    ) -> Result<JsTensor, JsError> {
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        let dtype = DType::parse(&dtype).map_err(js_err)?;
+        Tensor::weight(&name, &data, &shape, dtype, &self.device)
+            .map(JsTensor)
+            .map_err(js_err)
+    }
+}
+
+/// A tensor on an engine's device.
+#[wasm_bindgen(js_name = Tensor)]
+pub struct JsTensor(Tensor);
+
+#[wasm_bindgen(js_class = Tensor)]
+impl JsTensor {
+    #[wasm_bindgen(getter)]
+    pub fn shape(&self) -> Vec<u32> {
+        self.0.shape().iter().map(|&d| d as u32).collect()
+    }
+    #[wasm_bindgen(getter)]
+    pub fn dtype(&self) -> String {
+        self.0.dtype().name().into()
+    }
+    pub fn matmul(&self, rhs: &JsTensor) -> Result<JsTensor, JsError> {
+        self.0.matmul(&rhs.0).map(JsTensor).map_err(js_err)
+    }
+    /// `self · wᵀ` for a weight `[N, K]` of any dtype.
+    pub fn linear(&self, w: &JsTensor) -> Result<JsTensor, JsError> {
+        self.0.linear(&w.0, None).map(JsTensor).map_err(js_err)
+    }
+    pub fn softmax(&self) -> Result<JsTensor, JsError> {
+        self.0.softmax_last_dim().map(JsTensor).map_err(js_err)
+    }
+    /// Causal or full attention with `self` as q `[B, H, Tq, D]`.
+    pub fn attention(
+        &self,
+        k: &JsTensor,
+        v: &JsTensor,
+        scale: f32,
+        causal: bool,
+    ) -> Result<JsTensor, JsError> {
+        let opts = AttentionOpts {
+            scale,
+            causal,
+            mask: None,
+            kv_len: None,
+        };
+        Tensor::attention(&self.0, &k.0, &v.0, &opts)
+            .map(JsTensor)
+            .map_err(js_err)
+    }
+    /// Reads the values back (awaits the GPU).
+    #[wasm_bindgen(js_name = toArray)]
+    pub async fn to_array(&self) -> Result<Vec<f32>, JsError> {
+        self.0.to_vec_f32().await.map_err(js_err)
+    }
+}
+
+/// Names of the self-check cases.
+#[wasm_bindgen(js_name = caseNames)]
+pub fn case_names() -> Vec<String> {
+    selfcheck::CASES.iter().map(|s| s.to_string()).collect()
+}
+
+/// Tolerance of a self-check case (GPU vs CPU, absolute).
+#[wasm_bindgen(js_name = caseTolerance)]
+pub fn case_tolerance(name: String) -> f32 {
+    selfcheck::tolerance(&name)
+}
+
+/// Formats benchmark rows (from several engines) as the CLI's table, with CPU ratios.
+#[wasm_bindgen(js_name = formatBenchTable)]
+pub fn format_bench_table(rows: JsValue) -> Result<String, JsError> {
+    let mut rows: Vec<BenchRow> = serde_wasm_bindgen::from_value(rows).map_err(js_err)?;
+    bench::attach_cpu_ratios(&mut rows);
+    Ok(bench::format_table(&rows))
+}

@@ -1,0 +1,109 @@
+// The page a person opens: shows the WebGPU adapter and its limits, then runs the kernel
+// self-check on WebGPU (or, without WebGPU, a CPU smoke run) and shows the result per kernel.
+// `?device=cpu` forces the CPU; `?seed=N` changes the inputs.
+
+import { describeAdapter, formatBytes, messageOf, openEngine } from './engine.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const seed = Number(params.get('seed') ?? 1);
+
+function setStatus(state, text = state) {
+  const el = $('selfcheck-status');
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+function addRow(dl, term, value) {
+  const dt = document.createElement('dt');
+  dt.textContent = term;
+  const dd = document.createElement('dd');
+  dd.textContent = value;
+  dl.append(dt, dd);
+}
+
+function showAdapter(adapter, info) {
+  const dl = $('adapter');
+  dl.replaceChildren();
+  if (adapter?.available) {
+    addRow(dl, 'adapter', adapter.label);
+    if (adapter.fallback) addRow(dl, 'fallback adapter', 'yes (software)');
+  }
+  if (!info) return;
+  addRow(dl, 'backend', `${info.backend} (${info.device_type})`);
+  if (info.name) addRow(dl, 'wgpu name', info.name);
+  if (info.driver) addRow(dl, 'driver', info.driver);
+  addRow(dl, 'shader-f16', info.shader_f16 ? 'yes' : 'no');
+  addRow(dl, 'max storage binding', formatBytes(info.max_storage_buffer_binding_size));
+  addRow(dl, 'max buffer', formatBytes(info.max_buffer_size));
+  addRow(dl, 'invocations / workgroup', String(info.max_compute_invocations_per_workgroup));
+  addRow(dl, 'storage buffers / stage', String(info.max_storage_buffers_per_shader_stage));
+  addRow(dl, 'workgroup storage', formatBytes(info.max_compute_workgroup_storage_size));
+}
+
+function formatDiff(x) {
+  if (typeof x !== 'number') return String(x);
+  if (!Number.isFinite(x)) return String(x);
+  return x === 0 ? '0' : x.toExponential(2);
+}
+
+function showResults(results) {
+  const tbody = $('selfcheck-table').tBodies[0];
+  tbody.replaceChildren();
+  for (const r of results) {
+    const tr = document.createElement('tr');
+    const cells = [r.case, formatDiff(r.max_abs_diff), formatDiff(r.tolerance), r.pass ? 'ok' : 'FAIL'];
+    cells.forEach((text, i) => {
+      const cell = document.createElement(i === 0 ? 'th' : 'td');
+      if (i === 0) cell.scope = 'row';
+      if (i === 1 || i === 2) cell.className = 'num';
+      if (i === 3) cell.className = r.pass ? 'ok' : 'fail';
+      cell.textContent = text;
+      tr.append(cell);
+    });
+    tbody.append(tr);
+  }
+}
+
+function showError(e) {
+  const el = $('selfcheck-error');
+  el.textContent = messageOf(e);
+  el.hidden = false;
+  setStatus('error');
+}
+
+async function main() {
+  setStatus('running', 'running…');
+  const adapter = await describeAdapter();
+  const { engine, gpuError } = await openEngine({ preferCpu: params.get('device') === 'cpu' });
+  const backend = $('backend');
+
+  if (engine.device === 'webgpu') {
+    const info = engine.info();
+    showAdapter(adapter, info);
+    let text = `WebGPU: ${adapter.available ? adapter.label : info?.name || 'adapter'}`;
+    if (adapter.emulated) text += ' — a software adapter (GPU emulated on the CPU): results are real, speed is not GPU speed.';
+    backend.textContent = text;
+    backend.dataset.device = 'webgpu';
+  } else {
+    showAdapter(adapter, null);
+    backend.textContent = `WebGPU is not available here, so glimpse runs on the CPU (wasm). Reason: ${gpuError}`;
+    backend.dataset.device = 'cpu';
+    backend.classList.add('warn');
+    $('selfcheck-about').textContent =
+      'CPU smoke run: without WebGPU the CPU path is compared with itself, so this checks that the wasm engine runs every kernel, not GPU correctness.';
+  }
+
+  const t0 = performance.now();
+  const results = await engine.selfcheck(seed);
+  const ms = performance.now() - t0;
+  showResults(results);
+  $('selfcheck-time').textContent = `(${results.length} kernels, ${(ms / 1000).toFixed(1)} s${engine.device === 'cpu' ? ', CPU smoke run' : ''})`;
+  const pass = results.length > 0 && results.every((r) => r.pass);
+  setStatus(pass ? 'pass' : 'fail');
+}
+
+main().catch((e) => {
+  console.error(e);
+  showError(e);
+});
