@@ -355,7 +355,7 @@ test('without navigator.gpu (browsers with no WebGPU at all)', { timeout: 300_00
 test('benchmark page runs', { timeout: 600_000 }, async () => {
   const browser = await launch(WEBGPU_ARGS);
   const { page, problems } = await newPage(browser);
-  await page.goto(`${base}/www/bench.html?maxN=768`);
+  await page.goto(`${base}/www/bench.html?maxN=768&samples=1`);
   await page.waitForSelector('#bench-table[data-state="done"], #bench-table[data-state="error"]', { timeout: 540_000 });
   const r = await page.evaluate(() => ({
     state: document.getElementById('bench-table').dataset.state,
