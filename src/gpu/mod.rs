@@ -181,7 +181,14 @@ impl GpuContext {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::NoAdapter(e.to_string()))?;
+            .map_err(|e| {
+                // wgpu lists every backend it was built without; in a browser only WebGPU matters
+                if cfg!(target_arch = "wasm32") {
+                    Error::NoAdapter("navigator.gpu gave no WebGPU adapter".into())
+                } else {
+                    Error::NoAdapter(e.to_string())
+                }
+            })?;
         let mut limits = adapter.limits();
         check_limits(&limits)?;
         if let Some(cap) = opts.max_storage_buffer_binding_size {
