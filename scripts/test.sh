@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
+# Mesa's Vulkan loader complains on every start without a runtime dir (headless machines).
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  XDG_RUNTIME_DIR=$(mktemp -d)
+  export XDG_RUNTIME_DIR
+fi
 echo "== native tests (CPU + lavapipe) =="
 cargo test
 echo "== wasm build =="

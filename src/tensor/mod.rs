@@ -362,27 +362,26 @@ impl Tensor {
 
     /// Reads an f32 tensor back to the host. On the GPU this submits the pending step.
     pub async fn to_vec_f32(&self) -> Result<Vec<f32>> {
-        self.expect_dtype("to_vec_f32", DType::F32)?;
-        match &self.0.storage {
-            Storage::Cpu(t) => Ok(t.flatten_all()?.to_vec1::<f32>()?),
-            Storage::Gpu { ctx, buf } => {
-                let bytes = ctx.read(buf, self.gpu_bytes()).await?;
-                Ok(bytemuck::pod_collect_to_vec(&bytes))
-            }
-            Storage::CpuQuant(_) => Err(self.dtype_err("to_vec_f32", "expected f32")),
-        }
+        self.read_words("to_vec_f32", DType::F32).await
     }
 
     /// Reads a u32 tensor (ids) back to the host.
     pub async fn to_vec_u32(&self) -> Result<Vec<u32>> {
-        self.expect_dtype("to_vec_u32", DType::U32)?;
+        self.read_words("to_vec_u32", DType::U32).await
+    }
+
+    async fn read_words<T>(&self, op: &'static str, dtype: DType) -> Result<Vec<T>>
+    where
+        T: bytemuck::Pod + candle_core::WithDType,
+    {
+        self.expect_dtype(op, dtype)?;
         match &self.0.storage {
-            Storage::Cpu(t) => Ok(t.flatten_all()?.to_vec1::<u32>()?),
+            Storage::Cpu(t) => Ok(t.flatten_all()?.to_vec1::<T>()?),
             Storage::Gpu { ctx, buf } => {
                 let bytes = ctx.read(buf, self.gpu_bytes()).await?;
                 Ok(bytemuck::pod_collect_to_vec(&bytes))
             }
-            Storage::CpuQuant(_) => Err(self.dtype_err("to_vec_u32", "expected u32")),
+            Storage::CpuQuant(_) => Err(self.dtype_err(op, "not a dense tensor")),
         }
     }
 
