@@ -55,6 +55,18 @@ pub enum Error {
     #[error("CPU backend: {0}")]
     Cpu(#[from] candle_core::Error),
 
+    #[error("image: {0}")]
+    Image(String),
+
+    #[error("config: {0}")]
+    Config(String),
+
+    #[error("weights: {0}")]
+    Weights(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     #[error("invalid argument: {0}")]
     Invalid(String),
 }

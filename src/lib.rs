@@ -6,6 +6,7 @@ pub mod bench;
 mod cpu;
 pub mod error;
 pub mod gpu;
+pub mod image;
 pub mod rng;
 pub mod selfcheck;
 pub mod tensor;

@@ -1,0 +1,215 @@
+//! Image preprocessing that matches the Hugging Face image processors (CLIPImageProcessor,
+//! ViTImageProcessor, BlipImageProcessor): decode (EXIF orientation applied), RGB conversion
+//! (transparency composited onto white, grayscale replicated), resize with Pillow's filters,
+//! center crop, rescale, normalize. Output: f32 `[3, H, W]`.
+
+pub mod resample;
+
+use std::io::Cursor;
+
+use image::ImageDecoder;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use resample::Filter;
+
+/// `size` / `crop_size` in preprocessor_config.json: either a fixed height × width or a
+/// shortest edge (the other side keeps the aspect ratio).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SizeSpec {
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+    pub shortest_edge: Option<usize>,
+}
+
+/// The fields of preprocessor_config.json that decide the pixels (Hugging Face names).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageProcessorConfig {
+    #[serde(default)]
+    pub image_processor_type: Option<String>,
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    pub size: Option<SizeSpec>,
+    /// Pillow filter number: 0 nearest, 2 bilinear, 3 bicubic
+    #[serde(default = "bicubic")]
+    pub resample: u32,
+    #[serde(default)]
+    pub do_center_crop: bool,
+    pub crop_size: Option<SizeSpec>,
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    #[serde(default = "one_over_255")]
+    pub rescale_factor: f64,
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    #[serde(default)]
+    pub image_mean: Vec<f32>,
+    #[serde(default)]
+    pub image_std: Vec<f32>,
+    #[serde(default = "yes")]
+    pub do_convert_rgb: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> u32 {
+    3
+}
+fn one_over_255() -> f64 {
+    1.0 / 255.0
+}
+
+/// An 8-bit RGB image, interleaved.
+#[derive(Debug, Clone)]
+pub struct Rgb8 {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// Preprocessed pixels `[3, height, width]`.
+#[derive(Debug, Clone)]
+pub struct Pixels {
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// Decodes PNG, JPEG or WebP bytes to RGB: EXIF orientation applied, any transparency
+/// composited onto white (as `transformers.image_transforms.convert_to_rgb`), gray replicated.
+pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
+    if bytes.is_empty() {
+        return Err(Error::Image("the image file is empty (0 bytes)".into()));
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Image(format!("cannot read the image: {e}")))?;
+    if reader.format().is_none() {
+        return Err(Error::Image("not an image glimpse can read (PNG, JPEG or WebP expected)".into()));
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| Error::Image(format!("cannot decode the image: {e}")))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder)
+        .map_err(|e| Error::Image(format!("the image is damaged or truncated: {e}")))?;
+    img.apply_orientation(orientation);
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(Error::Image("the image has no pixels".into()));
+    }
+    let data = if img.color().has_alpha() {
+        let rgba = img.to_rgba8();
+        rgba.pixels().flat_map(|p| composite_on_white(p.0)).collect()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    Ok(Rgb8 { width, height, data })
+}
+
+/// Pillow's `alpha_composite` of a pixel over opaque white (AlphaComposite.c, 7-bit precision).
+fn composite_on_white([r, g, b, a]: [u8; 4]) -> [u8; 3] {
+    if a == 0 {
+        return [255, 255, 255];
+    }
+    const PREC: u32 = 7;
+    let a = a as u32;
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PREC) / outa255;
+    let coef2 = 255 * (1 << PREC) - coef1;
+    let div255 = |v: u32| ((v >> 8) + v) >> 8;
+    let mix = |c: u8| (div255(c as u32 * coef1 + 255 * coef2 + (0x80 << PREC)) >> PREC) as u8;
+    [mix(r), mix(g), mix(b)]
+}
+
+impl ImageProcessorConfig {
+    pub fn from_json(text: &str) -> Result<ImageProcessorConfig> {
+        let cfg: ImageProcessorConfig = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("preprocessor_config.json: {e}")))?;
+        if cfg.do_normalize && (cfg.image_mean.len() != 3 || cfg.image_std.len() != 3) {
+            return Err(Error::Config("preprocessor_config.json: image_mean and image_std need 3 values each".into()));
+        }
+        if Filter::from_pil(cfg.resample).is_none() {
+            return Err(Error::Config(format!(
+                "preprocessor_config.json: resample = {} is not supported (0 nearest, 2 bilinear, 3 bicubic)",
+                cfg.resample
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// The (height, width) the resize step produces for an image of `h`×`w`.
+    fn resize_target(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let size = self.size.as_ref().ok_or_else(|| Error::Config("preprocessor_config.json: do_resize without size".into()))?;
+        match (size.shortest_edge, size.height, size.width) {
+            (Some(s), _, _) => {
+                // transformers' get_resize_output_image_size(default_to_square=False): int() truncates
+                let (short, long) = if w <= h { (w, h) } else { (h, w) };
+                let new_long = (s as f64 * long as f64 / short as f64) as usize;
+                Ok(if w <= h { (new_long, s) } else { (s, new_long) })
+            }
+            (None, Some(hh), Some(ww)) => Ok((hh, ww)),
+            _ => Err(Error::Config("preprocessor_config.json: size needs shortest_edge or height and width".into())),
+        }
+    }
+
+    /// Runs the processor on a decoded image.
+    pub fn preprocess(&self, img: &Rgb8) -> Result<Pixels> {
+        let (mut w, mut h, mut data) = (img.width, img.height, img.data.clone());
+        if self.do_resize {
+            let (oh, ow) = self.resize_target(h, w)?;
+            if oh == 0 || ow == 0 {
+                return Err(Error::Image(format!("a {w}×{h} image is too thin to resize")));
+            }
+            let filter = Filter::from_pil(self.resample).unwrap_or(Filter::Bicubic);
+            data = resample::resize_rgb8(&data, w, h, ow, oh, filter);
+            (w, h) = (ow, oh);
+        }
+        if self.do_center_crop {
+            let crop = self.crop_size.as_ref().ok_or_else(|| Error::Config("preprocessor_config.json: do_center_crop without crop_size".into()))?;
+            let (ch, cw) = match (crop.height, crop.width, crop.shortest_edge) {
+                (Some(ch), Some(cw), _) => (ch, cw),
+                (_, _, Some(s)) => (s, s),
+                _ => return Err(Error::Config("preprocessor_config.json: crop_size needs height and width".into())),
+            };
+            data = center_crop(&data, w, h, cw, ch);
+            (w, h) = (cw, ch);
+        }
+        let scale = if self.do_rescale { self.rescale_factor } else { 1.0 };
+        let mut out = vec![0f32; 3 * h * w];
+        for c in 0..3 {
+            let (mean, std) = if self.do_normalize { (self.image_mean[c], self.image_std[c]) } else { (0.0, 1.0) };
+            for i in 0..h * w {
+                // as numpy: rescale in f64, cast to f32, then normalize in f32
+                let x = (data[i * 3 + c] as f64 * scale) as f32;
+                out[c * h * w + i] = (x - mean) / std;
+            }
+        }
+        Ok(Pixels { height: h, width: w, data: out })
+    }
+}
+
+/// transformers' center_crop: top = (H - ch) // 2, left = (W - cw) // 2; zero padding where the
+/// crop is larger than the image.
+fn center_crop(src: &[u8], w: usize, h: usize, cw: usize, ch: usize) -> Vec<u8> {
+    let top = (h as i64 - ch as i64).div_euclid(2);
+    let left = (w as i64 - cw as i64).div_euclid(2);
+    let mut out = vec![0u8; cw * ch * 3];
+    for y in 0..ch {
+        let sy = top + y as i64;
+        if sy < 0 || sy >= h as i64 {
+            continue;
+        }
+        for x in 0..cw {
+            let sx = left + x as i64;
+            if sx < 0 || sx >= w as i64 {
+                continue;
+            }
+            let s = (sy as usize * w + sx as usize) * 3;
+            out[(y * cw + x) * 3..(y * cw + x) * 3 + 3].copy_from_slice(&src[s..s + 3]);
+        }
+    }
+    out
+}

@@ -1,0 +1,173 @@
+//! Pillow's resampling, reproduced exactly. Hugging Face image processors resize with
+//! `PIL.Image.resize` on 8-bit images: separable convolution, horizontal pass first, coefficients
+//! in 22-bit fixed point, and the intermediate image rounded to 8 bits. Matching that bit for bit
+//! is what makes our pixel values equal to the reference (within float rounding), not merely
+//! close; the `image` crate's filters differ in support, normalization and rounding.
+//! (Pillow: src/libImaging/Resample.c, `precompute_coeffs` and `normalize_coeffs_8bpc`.)
+
+/// Pillow's filters by their `resample` number in preprocessor_config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Nearest,
+    Bilinear,
+    Bicubic,
+}
+
+impl Filter {
+    /// 0 NEAREST, 2 BILINEAR, 3 BICUBIC (Pillow's numbering); others are not supported.
+    pub fn from_pil(code: u32) -> Option<Filter> {
+        match code {
+            0 => Some(Filter::Nearest),
+            2 => Some(Filter::Bilinear),
+            3 => Some(Filter::Bicubic),
+            _ => None,
+        }
+    }
+
+    fn support(self) -> f64 {
+        match self {
+            Filter::Nearest => 0.0,
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn eval(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Nearest => 0.0,
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// For each output index: the first input index and the fixed-point weights.
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filter.support() * filterscale;
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let ss = 1.0 / filterscale;
+            // C's (int) cast truncates toward zero
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let mut k: Vec<f64> = (xmin..xmax)
+                .map(|x| filter.eval((x as f64 - center + 0.5) * ss))
+                .collect();
+            let ww: f64 = k.iter().sum();
+            if ww != 0.0 {
+                k.iter_mut().for_each(|w| *w /= ww);
+            }
+            let one = (1i64 << PRECISION_BITS) as f64;
+            let fixed = k
+                .iter()
+                .map(|&w| {
+                    if w < 0.0 {
+                        (-0.5 + w * one) as i32
+                    } else {
+                        (0.5 + w * one) as i32
+                    }
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(v: i64) -> u8 {
+    (v >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes an interleaved RGB8 image (`w`×`h`) to `ow`×`oh` as Pillow does.
+pub fn resize_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Filter) -> Vec<u8> {
+    if filter == Filter::Nearest {
+        return nearest(src, w, h, ow, oh);
+    }
+    // horizontal pass (only when the width changes), rounding to 8 bits
+    let horizontal;
+    let (mid, mw) = if ow != w {
+        let coeffs = coefficients(w, ow, filter);
+        let mut out = vec![0u8; ow * h * 3];
+        for y in 0..h {
+            let row = &src[y * w * 3..(y + 1) * w * 3];
+            for (x, (xmin, k)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                    for (i, &kw) in k.iter().enumerate() {
+                        ss += row[(xmin + i) * 3 + c] as i64 * kw as i64;
+                    }
+                    out[(y * ow + x) * 3 + c] = clip8(ss);
+                }
+            }
+        }
+        horizontal = out;
+        (&horizontal[..], ow)
+    } else {
+        (src, w)
+    };
+    if oh == h {
+        return mid.to_vec();
+    }
+    let coeffs = coefficients(h, oh, filter);
+    let mut out = vec![0u8; mw * oh * 3];
+    for (y, (ymin, k)) in coeffs.iter().enumerate() {
+        for x in 0..mw {
+            for c in 0..3 {
+                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
+                for (i, &kw) in k.iter().enumerate() {
+                    ss += mid[((ymin + i) * mw + x) * 3 + c] as i64 * kw as i64;
+                }
+                out[(y * mw + x) * 3 + c] = clip8(ss);
+            }
+        }
+    }
+    out
+}
+
+/// Pillow's NEAREST: the source pixel under each output pixel's center.
+fn nearest(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ow * oh * 3];
+    for y in 0..oh {
+        let sy = (((y as f64 + 0.5) * h as f64 / oh as f64) as usize).min(h - 1);
+        for x in 0..ow {
+            let sx = (((x as f64 + 0.5) * w as f64 / ow as f64) as usize).min(w - 1);
+            out[(y * ow + x) * 3..(y * ow + x) * 3 + 3].copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_size_is_identity_and_weights_sum_to_one() {
+        let img: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        assert_eq!(resize_rgb8(&img, 5, 4, 5, 4, Filter::Bicubic), img);
+        for (_, k) in coefficients(100, 37, Filter::Bicubic) {
+            let s: i64 = k.iter().map(|&v| v as i64).sum();
+            assert!((s - (1 << PRECISION_BITS)).abs() <= k.len() as i64, "{s}");
+        }
+    }
+}
