@@ -5,8 +5,12 @@
 pub mod bench;
 mod cpu;
 pub mod error;
+pub mod generate;
 pub mod gpu;
 pub mod image;
+pub mod io;
+pub mod models;
+pub mod nn;
 pub mod rng;
 pub mod selfcheck;
 pub mod tensor;

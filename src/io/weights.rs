@@ -1,0 +1,150 @@
+//! Checkpoint tensors from safetensors (f32, f16, bf16; one file or shards), looked up by their
+//! Hugging Face names through [`Vb`], which follows the module tree (`vb.pp("encoder")`), checks
+//! every shape against the config and converts Linear weights to the requested dtype.
+
+use std::collections::HashMap;
+
+use safetensors::tensor::{Dtype, Metadata};
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Device, Tensor};
+
+/// Where one tensor's bytes are.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The tensors of a checkpoint (one or more safetensors files), kept as the files' bytes.
+pub struct Weights {
+    files: Vec<Vec<u8>>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Weights {
+    /// Parses the headers of safetensors files (a single model.safetensors or every shard).
+    /// A truncated or inconsistent file is an error naming what is wrong.
+    pub fn from_safetensors(files: Vec<Vec<u8>>) -> Result<Weights> {
+        let mut entries = HashMap::new();
+        for (i, bytes) in files.iter().enumerate() {
+            let (header_len, meta): (usize, Metadata) = safetensors::SafeTensors::read_metadata(bytes)
+                .map_err(|e| Error::Weights(format!("not a valid safetensors file (truncated or damaged?): {e}")))?;
+            let data_len = bytes.len().saturating_sub(8 + header_len);
+            for (name, info) in meta.tensors() {
+                let (start, end) = info.data_offsets;
+                if end > data_len || start > end {
+                    return Err(Error::Weights(format!(
+                        "tensor {name} lies past the end of the file ({end} > {data_len} bytes of data): the file is truncated"
+                    )));
+                }
+                let elem = match info.dtype {
+                    Dtype::F32 => 4,
+                    Dtype::F16 | Dtype::BF16 => 2,
+                    other => {
+                        return Err(Error::Weights(format!("tensor {name} has dtype {other:?}; glimpse reads f32, f16 and bf16")))
+                    }
+                };
+                let numel: usize = info.shape.iter().product();
+                if numel * elem != end - start {
+                    return Err(Error::Weights(format!("tensor {name}: shape {:?} does not match its {} bytes", info.shape, end - start)));
+                }
+                let offset = 8 + header_len;
+                entries.insert(name.clone(), Entry { file: i, dtype: info.dtype, shape: info.shape.clone(), start: offset + start, end: offset + end });
+            }
+        }
+        Ok(Weights { files, entries })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The values of a tensor as f32, with its shape.
+    pub fn get_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::Weights(format!("the checkpoint has no tensor {name}")))?;
+        let raw = &self.files[e.file][e.start..e.end];
+        let values = match e.dtype {
+            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        };
+        Ok((values, e.shape.clone()))
+    }
+}
+
+/// A view of the weights at a module path, on a device, with the dtype Linear weights take.
+#[derive(Clone)]
+pub struct Vb<'a> {
+    weights: &'a Weights,
+    prefix: String,
+    pub device: Device,
+    /// Storage of Linear weights (f32, f16, q8_0, q4_0); everything else stays f32.
+    pub linear_dtype: DType,
+}
+
+impl<'a> Vb<'a> {
+    pub fn new(weights: &'a Weights, device: &Device, linear_dtype: DType) -> Vb<'a> {
+        Vb { weights, prefix: String::new(), device: device.clone(), linear_dtype }
+    }
+
+    /// The sub-module `name` (a field name or a layer index).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Vb<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Vb { prefix, ..self.clone() }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.path(name))
+    }
+
+    fn values(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
+        let full = self.path(name);
+        let (data, have) = self.weights.get_f32(&full)?;
+        if have != shape {
+            return Err(Error::Weights(format!("tensor {full} has shape {have:?}, the config implies {shape:?}")));
+        }
+        Ok((full, data))
+    }
+
+    /// An f32 tensor of the expected shape.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (_, data) = self.values(name, shape)?;
+        Tensor::from_f32(&data, shape, &self.device)
+    }
+
+    /// A weight in `self.linear_dtype` when its rows allow it (q8_0/q4_0 need K % 32 == 0;
+    /// other shapes stay f16 or f32 so any checkpoint loads).
+    pub fn get_linear_weight(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_linear_weight_as(name, shape, shape)
+    }
+
+    /// As [`Vb::get_linear_weight`] for a tensor stored as `stored` and used as the 2-D `shape`
+    /// (a patch-embedding conv weight `[O, C, P, P]` used as `[O, C·P·P]`).
+    pub fn get_linear_weight_as(&self, name: &str, stored: &[usize], shape: &[usize]) -> Result<Tensor> {
+        let (full, data) = self.values(name, stored)?;
+        let dtype = match self.linear_dtype {
+            d if d.is_quantized() && shape.len() == 2 && shape[1] % 32 == 0 => d,
+            d if d.is_quantized() => DType::F16,
+            d => d,
+        };
+        Tensor::weight(&full, &data, shape, dtype, &self.device)
+    }
+}

@@ -1,0 +1,149 @@
+//! The CLIP vision transformer (`CLIPVisionTransformer` / `GitVisionTransformer`): patch
+//! embedding + class token + position embedding, pre-LayerNorm, pre-LN encoder layers.
+//! Shared by CLIP and GIT; the post-LayerNorm is the caller's (CLIP applies it to the class
+//! token only, GIT to every token).
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::io::config::Activation;
+use crate::io::Vb;
+use crate::nn::{activation, merge_heads, split_heads, LayerNorm, Linear};
+use crate::tensor::{AttentionOpts, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: Activation,
+}
+
+fn three() -> usize {
+    3
+}
+fn ln_eps() -> f64 {
+    1e-5
+}
+fn quick_gelu() -> Activation {
+    Activation::QuickGelu
+}
+
+impl VisionConfig {
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+}
+
+/// Pre-LN self-attention + MLP, as CLIP's encoder layer (q/k/v/out_proj, fc1/fc2).
+pub struct ClipEncoderLayer {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+    heads: usize,
+    act: Activation,
+}
+
+impl ClipEncoderLayer {
+    pub fn new(vb: &Vb, hidden: usize, intermediate: usize, heads: usize, eps: f64, act: Activation) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        Ok(ClipEncoderLayer {
+            q_proj: Linear::new(&attn.pp("q_proj"), hidden, hidden)?,
+            k_proj: Linear::new(&attn.pp("k_proj"), hidden, hidden)?,
+            v_proj: Linear::new(&attn.pp("v_proj"), hidden, hidden)?,
+            out_proj: Linear::new(&attn.pp("out_proj"), hidden, hidden)?,
+            layer_norm1: LayerNorm::new(&vb.pp("layer_norm1"), hidden, eps)?,
+            fc1: Linear::new(&vb.pp("mlp").pp("fc1"), hidden, intermediate)?,
+            fc2: Linear::new(&vb.pp("mlp").pp("fc2"), intermediate, hidden)?,
+            layer_norm2: LayerNorm::new(&vb.pp("layer_norm2"), hidden, eps)?,
+            heads,
+            act,
+        })
+    }
+
+    /// `x [B, T, D]`; `causal` for CLIP's text tower, `mask` an additive `[B, T, T]` padding mask.
+    pub fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.layer_norm1.forward(x)?;
+        // (B, T, D) -> (B, H, T, Dh) each
+        let q = split_heads(&self.q_proj.forward(&h)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(&h)?, self.heads)?;
+        let v = split_heads(&self.v_proj.forward(&h)?, self.heads)?;
+        let scale = 1.0 / (q.dim(3) as f32).sqrt();
+        let a = Tensor::attention(&q, &k, &v, &AttentionOpts { scale, causal, mask, kv_len: None })?;
+        // (B, H, T, Dh) -> (B, T, D)
+        let x = x.add(&self.out_proj.forward(&merge_heads(&a)?)?)?;
+        let h = self.layer_norm2.forward(&x)?;
+        let h = self.fc2.forward(&activation(&self.fc1.forward(&h)?, self.act)?)?;
+        x.add(&h)
+    }
+}
+
+pub struct ClipVisionTransformer {
+    class_embedding: Tensor,
+    patch_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<ClipEncoderLayer>,
+    pub post_layernorm: LayerNorm,
+    cfg: VisionConfig,
+}
+
+impl ClipVisionTransformer {
+    pub fn new(vb: &Vb, cfg: &VisionConfig) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let emb = vb.pp("embeddings");
+        let (p, c) = (cfg.patch_size, cfg.num_channels);
+        if cfg.image_size % p != 0 {
+            return Err(Error::Config(format!("vision_config: image_size {} is not a multiple of patch_size {p}", cfg.image_size)));
+        }
+        // the conv weight [D, C, P, P] is used as a Linear over flattened patches [D, C·P·P]
+        let patch_embedding = emb.pp("patch_embedding").get_linear_weight_as("weight", &[d, c, p, p], &[d, c * p * p])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                ClipEncoderLayer::new(&vb.pp("encoder").pp("layers").pp(i), d, cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ClipVisionTransformer {
+            class_embedding: emb.get("class_embedding", &[d])?.reshape(&[1, 1, d])?,
+            patch_embedding,
+            position_embedding: emb.get("position_embedding.weight", &[cfg.num_patches() + 1, d])?,
+            pre_layrnorm: LayerNorm::new(&vb.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?,
+            layers,
+            post_layernorm: LayerNorm::new(&vb.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `pixels [B, C, H, W]` -> encoder output `[B, 1 + N, D]` (before post_layernorm).
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.cfg.image_size;
+        if pixels.rank() != 4 || pixels.dim(1) != self.cfg.num_channels || pixels.dim(2) != s || pixels.dim(3) != s {
+            return Err(Error::shape("vision", format!("pixels {:?} should be [B, {}, {s}, {s}]", pixels.shape(), self.cfg.num_channels)));
+        }
+        let b = pixels.dim(0);
+        // (B, C, H, W) -> (B, N, D)
+        let patches = pixels.patch_embed(&self.patch_embedding, None, self.cfg.patch_size)?;
+        let cls: Vec<&Tensor> = (0..b).map(|_| &self.class_embedding).collect();
+        let cls = Tensor::cat(&cls, 0)?;
+        // (B, 1 + N, D) + (1 + N, D)
+        let mut x = Tensor::cat(&[&cls, &patches], 1)?.add(&self.position_embedding)?;
+        x = self.pre_layrnorm.forward(&x)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, false, None)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,4 @@
+//! One file per architecture, written once against `Tensor`.
+
+pub mod clip_vision;
+pub mod git;

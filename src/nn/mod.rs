@@ -1,0 +1,104 @@
+//! Building blocks shared by the models, each loaded from its checkpoint path.
+
+use crate::error::Result;
+use crate::io::config::Activation;
+use crate::io::Vb;
+use crate::tensor::Tensor;
+
+/// `y = x · Wᵀ + b`, W `[out, in]` in the Vb's linear dtype.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        Ok(Linear { weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?, bias: Some(vb.get("bias", &[out_dim])?) })
+    }
+    pub fn no_bias(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Linear> {
+        Ok(Linear { weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?, bias: None })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn new(vb: &Vb, dim: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm { weight: vb.get("weight", &[dim])?, bias: vb.get("bias", &[dim])?, eps: eps as f32 })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm(&self.weight, &self.bias, self.eps)
+    }
+}
+
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu_tanh(),
+        Activation::QuickGelu => x.quick_gelu(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+/// `[B, T, H·D] -> [B, H, T, D]`
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, hd) = (x.dim(0), x.dim(1), x.dim(2));
+    x.reshape(&[b, t, heads, hd / heads])?.permute(&[0, 2, 1, 3])
+}
+
+/// `[B, H, T, D] -> [B, T, H·D]`
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
+    x.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h * d])
+}
+
+/// Keys and values of one attention layer with room for `capacity` positions:
+/// `[B, H, capacity, D]` each, of which the first `len` are filled.
+pub struct KvCache {
+    pub k: Tensor,
+    pub v: Tensor,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(b: usize, heads: usize, capacity: usize, head_dim: usize, device: &crate::Device) -> Result<KvCache> {
+        let shape = [b, heads, capacity, head_dim];
+        Ok(KvCache { k: Tensor::zeros(&shape, device)?, v: Tensor::zeros(&shape, device)?, len: 0 })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.k.dim(2)
+    }
+
+    /// Appends `k`, `v` `[B, H, T, D]` in place.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let t = k.dim(2);
+        if self.len + t > self.capacity() {
+            return Err(crate::Error::Invalid(format!(
+                "the sequence outgrows its KV cache ({} + {t} > {} positions): ask for fewer new tokens or a shorter prompt",
+                self.len,
+                self.capacity()
+            )));
+        }
+        self.k.write_slice(k, 2, self.len)?;
+        self.v.write_slice(v, 2, self.len)?;
+        self.len += t;
+        Ok(())
+    }
+
+    /// A cache holding rows `rows` of this one's batch (beam search reorders its beams).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache> {
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            let parts = rows.iter().map(|&r| t.narrow(0, r, 1)).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+        };
+        Ok(KvCache { k: pick(&self.k)?, v: pick(&self.v)?, len: self.len })
+    }
+}
