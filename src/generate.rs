@@ -71,7 +71,10 @@ impl GenerateOptions {
     }
 
     fn needs_host_logits(&self) -> bool {
-        self.do_sample || self.repetition_penalty != 1.0 || self.no_repeat_ngram_size > 0 || self.min_new_tokens > 0
+        self.do_sample
+            || self.repetition_penalty != 1.0
+            || self.no_repeat_ngram_size > 0
+            || self.min_new_tokens > 0
     }
 }
 
@@ -81,16 +84,25 @@ pub type OnToken<'a> = dyn FnMut(u32) -> bool + 'a;
 
 /// Generates after `prompt`, which the decoder has not seen yet. Returns prompt + new tokens
 /// (EOS included when reached), as transformers' `generate` does.
-pub async fn generate(dec: &mut dyn Decoder, prompt: &[u32], opts: &GenerateOptions, on_token: &mut OnToken<'_>) -> Result<Vec<u32>> {
+pub async fn generate(
+    dec: &mut dyn Decoder,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut OnToken<'_>,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
-        return Err(Error::Invalid("generation needs at least one prompt token (BOS)".into()));
+        return Err(Error::Invalid(
+            "generation needs at least one prompt token (BOS)".into(),
+        ));
     }
     if opts.num_beams == 0 {
         return Err(Error::Invalid("num_beams must be at least 1".into()));
     }
     if opts.num_beams > 1 {
         if opts.do_sample {
-            return Err(Error::Invalid("beam sampling is not supported: use num_beams = 1 with sampling".into()));
+            return Err(Error::Invalid(
+                "beam sampling is not supported: use num_beams = 1 with sampling".into(),
+            ));
         }
         return beam_search(dec, prompt, opts, on_token).await;
     }
@@ -138,7 +150,11 @@ fn process(row: &mut [f32], seq: &[u32], new_tokens: usize, opts: &GenerateOptio
         seen.dedup();
         for &t in &seen {
             if let Some(v) = row.get_mut(t as usize) {
-                *v = if *v < 0.0 { *v * opts.repetition_penalty } else { *v / opts.repetition_penalty };
+                *v = if *v < 0.0 {
+                    *v * opts.repetition_penalty
+                } else {
+                    *v / opts.repetition_penalty
+                };
             }
         }
     }
@@ -209,7 +225,12 @@ fn top_k(values: &[f32], k: usize) -> Vec<(f32, usize)> {
     idx.into_iter().take(k).map(|i| (values[i], i)).collect()
 }
 
-async fn beam_search(dec: &mut dyn Decoder, prompt: &[u32], opts: &GenerateOptions, on_token: &mut OnToken<'_>) -> Result<Vec<u32>> {
+async fn beam_search(
+    dec: &mut dyn Decoder,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_token: &mut OnToken<'_>,
+) -> Result<Vec<u32>> {
     let nb = opts.num_beams;
     let prompt_len = prompt.len();
     let max_length = prompt_len + opts.max_new_tokens;
@@ -238,11 +259,21 @@ async fn beam_search(dec: &mut dyn Decoder, prompt: &[u32], opts: &GenerateOptio
             process(&mut row, &running[b], cur_len - prompt_len, opts);
             acc.extend(row.iter().map(|x| x + running_scores[b]));
         }
-        let cands: Vec<(f32, usize, u32)> = top_k(&acc, keep).into_iter().map(|(s, i)| (s, i / v, (i % v) as u32)).collect();
-        let hits: Vec<bool> = cands.iter().map(|&(_, _, t)| opts.eos_token_ids.contains(&t) || cur_len + 1 >= max_length).collect();
+        let cands: Vec<(f32, usize, u32)> = top_k(&acc, keep)
+            .into_iter()
+            .map(|(s, i)| (s, i / v, (i % v) as u32))
+            .collect();
+        let hits: Vec<bool> = cands
+            .iter()
+            .map(|&(_, _, t)| opts.eos_token_ids.contains(&t) || cur_len + 1 >= max_length)
+            .collect();
 
         // next running beams: the best candidates that did not stop
-        let penalized: Vec<f32> = cands.iter().zip(&hits).map(|(c, &h)| c.0 + if h { -1e9 } else { 0.0 }).collect();
+        let penalized: Vec<f32> = cands
+            .iter()
+            .zip(&hits)
+            .map(|(c, &h)| c.0 + if h { -1e9 } else { 0.0 })
+            .collect();
         let next = top_k(&penalized, nb);
         let sources: Vec<usize> = next.iter().map(|&(_, k)| cands[k].1).collect();
         let new_running: Vec<Vec<u32>> = next
@@ -276,17 +307,27 @@ async fn beam_search(dec: &mut dyn Decoder, prompt: &[u32], opts: &GenerateOptio
             merged.push((s, score, just_finished));
         }
         let scores: Vec<f32> = merged.iter().map(|m| m.1).collect();
-        finished = top_k(&scores, nb).into_iter().map(|(_, i)| merged[i].clone()).collect();
+        finished = top_k(&scores, nb)
+            .into_iter()
+            .map(|(_, i)| merged[i].clone())
+            .collect();
 
         running = new_running;
         running_scores = new_scores;
         cur_len += 1;
 
-        let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 { max_length - prompt_len } else { cur_len - prompt_len };
+        let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
+            max_length - prompt_len
+        } else {
+            cur_len - prompt_len
+        };
         let best_running = running_scores[0] / (best_len as f32).powf(lp);
         let worst_finished = finished.iter().map(|f| f.1).fold(f32::INFINITY, f32::min);
-        heuristic_unsatisfied &= finished.iter().any(|f| best_running > if f.2 { worst_finished } else { -1e9 });
-        let open_beam = !(finished.iter().all(|f| f.2) && opts.early_stopping == EarlyStopping::True);
+        heuristic_unsatisfied &= finished
+            .iter()
+            .any(|f| best_running > if f.2 { worst_finished } else { -1e9 });
+        let open_beam =
+            !(finished.iter().all(|f| f.2) && opts.early_stopping == EarlyStopping::True);
         let continuations = !hits.iter().all(|&h| h);
         if !(heuristic_unsatisfied && open_beam && continuations) {
             break;
@@ -296,7 +337,12 @@ async fn beam_search(dec: &mut dyn Decoder, prompt: &[u32], opts: &GenerateOptio
         logits = dec.forward(&last)?;
         rows_per_step = nb;
     }
-    let best = finished.into_iter().next().map(|f| f.0).filter(|s| !s.is_empty()).unwrap_or_else(|| running[0].clone());
+    let best = finished
+        .into_iter()
+        .next()
+        .map(|f| f.0)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| running[0].clone());
     for &t in &best[prompt_len..] {
         if !on_token(t) {
             break;

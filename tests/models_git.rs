@@ -23,7 +23,10 @@ fn load() -> Fixture {
     let dir = fixture("git");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     Fixture {
-        weights: Weights::from_safetensors(vec![std::fs::read(dir.join("model.safetensors")).unwrap()]).unwrap(),
+        weights: Weights::from_safetensors(vec![
+            std::fs::read(dir.join("model.safetensors")).unwrap()
+        ])
+        .unwrap(),
         cfg: parse("config.json", &read("config.json")).unwrap(),
         gen: parse("generation_config.json", &read("generation_config.json")).unwrap(),
         proc: ImageProcessorConfig::from_json(&read("preprocessor_config.json")).unwrap(),
@@ -49,12 +52,27 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         let bos = want_greedy[0];
 
         let mut dec = model.decoder(&prefix).unwrap();
-        let got = pollster::block_on(generate(&mut dec, &[bos], &GenerateOptions { max_new_tokens: 10, ..opts.clone() }, &mut |_| true)).unwrap();
+        let got = pollster::block_on(generate(
+            &mut dec,
+            &[bos],
+            &GenerateOptions {
+                max_new_tokens: 10,
+                ..opts.clone()
+            },
+            &mut |_| true,
+        ))
+        .unwrap();
         greedy_ok += (got == want_greedy) as usize;
 
         let mut dec = model.decoder(&prefix).unwrap();
-        let beam_opts = GenerateOptions { max_new_tokens: 10, num_beams: 3, early_stopping: glimpse::generate::EarlyStopping::True, ..opts.clone() };
-        let got_beam = pollster::block_on(generate(&mut dec, &[bos], &beam_opts, &mut |_| true)).unwrap();
+        let beam_opts = GenerateOptions {
+            max_new_tokens: 10,
+            num_beams: 3,
+            early_stopping: glimpse::generate::EarlyStopping::True,
+            ..opts.clone()
+        };
+        let got_beam =
+            pollster::block_on(generate(&mut dec, &[bos], &beam_opts, &mut |_| true)).unwrap();
         beam_ok += (got_beam == u32s(&entry["beam_ids"])) as usize;
 
         // teacher-forced logits along the reference caption
@@ -66,7 +84,16 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         for qa in entry["vqa"].as_array().unwrap() {
             let prompt = u32s(&qa["prompt_ids"]);
             let mut dec = model.decoder(&prefix).unwrap(); // the image prefix serves every question
-            let got = pollster::block_on(generate(&mut dec, &prompt, &GenerateOptions { max_new_tokens: 6, ..opts.clone() }, &mut |_| true)).unwrap();
+            let got = pollster::block_on(generate(
+                &mut dec,
+                &prompt,
+                &GenerateOptions {
+                    max_new_tokens: 6,
+                    ..opts.clone()
+                },
+                &mut |_| true,
+            ))
+            .unwrap();
             vqa_ok += (got == u32s(&qa["ids"])) as usize;
         }
         total += 1;
@@ -82,7 +109,12 @@ fn git_matches_transformers_on_cpu_and_gpu() {
         eprintln!("git f32 on {}: max logit diff {diff:.2e}, greedy {greedy}/{total}, beam {beam}/{total}, vqa {vqa}/{}", d.name(), 2 * total);
         // f32 end to end; the reference logits are rounded to 7 decimals in JSON
         assert!(diff < 1e-3, "git logits on {}: max diff {diff}", d.name());
-        assert_eq!((greedy, beam, vqa), (total, total, 2 * total), "git ids on {}", d.name());
+        assert_eq!(
+            (greedy, beam, vqa),
+            (total, total, 2 * total),
+            "git ids on {}",
+            d.name()
+        );
     }
 }
 
@@ -99,7 +131,12 @@ fn git_quantized_at_load_time_stays_close() {
             // also rounds activations to 8 bits). Ids may then differ where the reference's top
             // two logits are closer than that, which is why only the logits are bounded.
             let bound = if dtype == DType::F16 { 1e-2 } else { 0.15 };
-            assert!(diff < bound, "git {} on {}: max logit diff {diff}", dtype.name(), d.name());
+            assert!(
+                diff < bound,
+                "git {} on {}: max logit diff {diff}",
+                dtype.name(),
+                d.name()
+            );
         }
     }
 }

@@ -86,12 +86,16 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
         .with_guessed_format()
         .map_err(|e| Error::Image(format!("cannot read the image: {e}")))?;
     if reader.format().is_none() {
-        return Err(Error::Image("not an image glimpse can read (PNG, JPEG or WebP expected)".into()));
+        return Err(Error::Image(
+            "not an image glimpse can read (PNG, JPEG or WebP expected)".into(),
+        ));
     }
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| Error::Image(format!("cannot decode the image: {e}")))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder)
         .map_err(|e| Error::Image(format!("the image is damaged or truncated: {e}")))?;
     img.apply_orientation(orientation);
@@ -101,11 +105,17 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
     }
     let data = if img.color().has_alpha() {
         let rgba = img.to_rgba8();
-        rgba.pixels().flat_map(|p| composite_on_white(p.0)).collect()
+        rgba.pixels()
+            .flat_map(|p| composite_on_white(p.0))
+            .collect()
     } else {
         img.to_rgb8().into_raw()
     };
-    Ok(Rgb8 { width, height, data })
+    Ok(Rgb8 {
+        width,
+        height,
+        data,
+    })
 }
 
 /// Pillow's `alpha_composite` of a pixel over opaque white (AlphaComposite.c, 7-bit precision).
@@ -129,7 +139,9 @@ impl ImageProcessorConfig {
         let cfg: ImageProcessorConfig = serde_json::from_str(text)
             .map_err(|e| Error::Config(format!("preprocessor_config.json: {e}")))?;
         if cfg.do_normalize && (cfg.image_mean.len() != 3 || cfg.image_std.len() != 3) {
-            return Err(Error::Config("preprocessor_config.json: image_mean and image_std need 3 values each".into()));
+            return Err(Error::Config(
+                "preprocessor_config.json: image_mean and image_std need 3 values each".into(),
+            ));
         }
         if Filter::from_pil(cfg.resample).is_none() {
             return Err(Error::Config(format!(
@@ -142,7 +154,9 @@ impl ImageProcessorConfig {
 
     /// The (height, width) the resize step produces for an image of `h`×`w`.
     fn resize_target(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        let size = self.size.as_ref().ok_or_else(|| Error::Config("preprocessor_config.json: do_resize without size".into()))?;
+        let size = self.size.as_ref().ok_or_else(|| {
+            Error::Config("preprocessor_config.json: do_resize without size".into())
+        })?;
         match (size.shortest_edge, size.height, size.width) {
             (Some(s), _, _) => {
                 // transformers' get_resize_output_image_size(default_to_square=False): int() truncates
@@ -151,7 +165,9 @@ impl ImageProcessorConfig {
                 Ok(if w <= h { (new_long, s) } else { (s, new_long) })
             }
             (None, Some(hh), Some(ww)) => Ok((hh, ww)),
-            _ => Err(Error::Config("preprocessor_config.json: size needs shortest_edge or height and width".into())),
+            _ => Err(Error::Config(
+                "preprocessor_config.json: size needs shortest_edge or height and width".into(),
+            )),
         }
     }
 
@@ -161,33 +177,53 @@ impl ImageProcessorConfig {
         if self.do_resize {
             let (oh, ow) = self.resize_target(h, w)?;
             if oh == 0 || ow == 0 {
-                return Err(Error::Image(format!("a {w}×{h} image is too thin to resize")));
+                return Err(Error::Image(format!(
+                    "a {w}×{h} image is too thin to resize"
+                )));
             }
             let filter = Filter::from_pil(self.resample).unwrap_or(Filter::Bicubic);
             data = resample::resize_rgb8(&data, w, h, ow, oh, filter);
             (w, h) = (ow, oh);
         }
         if self.do_center_crop {
-            let crop = self.crop_size.as_ref().ok_or_else(|| Error::Config("preprocessor_config.json: do_center_crop without crop_size".into()))?;
+            let crop = self.crop_size.as_ref().ok_or_else(|| {
+                Error::Config("preprocessor_config.json: do_center_crop without crop_size".into())
+            })?;
             let (ch, cw) = match (crop.height, crop.width, crop.shortest_edge) {
                 (Some(ch), Some(cw), _) => (ch, cw),
                 (_, _, Some(s)) => (s, s),
-                _ => return Err(Error::Config("preprocessor_config.json: crop_size needs height and width".into())),
+                _ => {
+                    return Err(Error::Config(
+                        "preprocessor_config.json: crop_size needs height and width".into(),
+                    ))
+                }
             };
             data = center_crop(&data, w, h, cw, ch);
             (w, h) = (cw, ch);
         }
-        let scale = if self.do_rescale { self.rescale_factor } else { 1.0 };
+        let scale = if self.do_rescale {
+            self.rescale_factor
+        } else {
+            1.0
+        };
         let mut out = vec![0f32; 3 * h * w];
         for c in 0..3 {
-            let (mean, std) = if self.do_normalize { (self.image_mean[c], self.image_std[c]) } else { (0.0, 1.0) };
+            let (mean, std) = if self.do_normalize {
+                (self.image_mean[c], self.image_std[c])
+            } else {
+                (0.0, 1.0)
+            };
             for i in 0..h * w {
                 // as numpy: rescale in f64, cast to f32, then normalize in f32
                 let x = (data[i * 3 + c] as f64 * scale) as f32;
                 out[c * h * w + i] = (x - mean) / std;
             }
         }
-        Ok(Pixels { height: h, width: w, data: out })
+        Ok(Pixels {
+            height: h,
+            width: w,
+            data: out,
+        })
     }
 }
 

@@ -99,7 +99,14 @@ fn clip8(v: i64) -> u8 {
 }
 
 /// Resizes an interleaved RGB8 image (`w`×`h`) to `ow`×`oh` as Pillow does.
-pub fn resize_rgb8(src: &[u8], w: usize, h: usize, ow: usize, oh: usize, filter: Filter) -> Vec<u8> {
+pub fn resize_rgb8(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    ow: usize,
+    oh: usize,
+    filter: Filter,
+) -> Vec<u8> {
     if filter == Filter::Nearest {
         return nearest(src, w, h, ow, oh);
     }
@@ -151,7 +158,8 @@ fn nearest(src: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
         let sy = (((y as f64 + 0.5) * h as f64 / oh as f64) as usize).min(h - 1);
         for x in 0..ow {
             let sx = (((x as f64 + 0.5) * w as f64 / ow as f64) as usize).min(w - 1);
-            out[(y * ow + x) * 3..(y * ow + x) * 3 + 3].copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
+            out[(y * ow + x) * 3..(y * ow + x) * 3 + 3]
+                .copy_from_slice(&src[(sy * w + sx) * 3..(sy * w + sx) * 3 + 3]);
         }
     }
     out

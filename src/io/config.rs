@@ -21,7 +21,11 @@ pub fn architecture(config_json: &str) -> Result<String> {
     head.architectures
         .and_then(|a| a.into_iter().next())
         .or(head.model_type)
-        .ok_or_else(|| Error::Config("config.json names no architecture (no \"architectures\" or \"model_type\")".into()))
+        .ok_or_else(|| {
+            Error::Config(
+                "config.json names no architecture (no \"architectures\" or \"model_type\")".into(),
+            )
+        })
 }
 
 /// generation_config.json: the defaults of the generation loop.

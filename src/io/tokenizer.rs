@@ -14,13 +14,18 @@ impl Tokenizer {
 
     /// Ids of `text`, with or without the template's special tokens ([CLS] … [SEP], BOS … EOS).
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        let enc = self.0.encode(text, special).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .0
+            .encode(text, special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.0.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.0
+            .decode(ids, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

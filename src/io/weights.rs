@@ -30,8 +30,12 @@ impl Weights {
     pub fn from_safetensors(files: Vec<Vec<u8>>) -> Result<Weights> {
         let mut entries = HashMap::new();
         for (i, bytes) in files.iter().enumerate() {
-            let (header_len, meta): (usize, Metadata) = safetensors::SafeTensors::read_metadata(bytes)
-                .map_err(|e| Error::Weights(format!("not a valid safetensors file (truncated or damaged?): {e}")))?;
+            let (header_len, meta): (usize, Metadata) =
+                safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+                    Error::Weights(format!(
+                        "not a valid safetensors file (truncated or damaged?): {e}"
+                    ))
+                })?;
             let data_len = bytes.len().saturating_sub(8 + header_len);
             for (name, info) in meta.tensors() {
                 let (start, end) = info.data_offsets;
@@ -40,19 +44,33 @@ impl Weights {
                         "tensor {name} lies past the end of the file ({end} > {data_len} bytes of data): the file is truncated"
                     )));
                 }
-                let elem = match info.dtype {
-                    Dtype::F32 => 4,
-                    Dtype::F16 | Dtype::BF16 => 2,
-                    other => {
-                        return Err(Error::Weights(format!("tensor {name} has dtype {other:?}; glimpse reads f32, f16 and bf16")))
-                    }
-                };
+                let elem =
+                    match info.dtype {
+                        Dtype::F32 => 4,
+                        Dtype::F16 | Dtype::BF16 => 2,
+                        other => return Err(Error::Weights(format!(
+                            "tensor {name} has dtype {other:?}; glimpse reads f32, f16 and bf16"
+                        ))),
+                    };
                 let numel: usize = info.shape.iter().product();
                 if numel * elem != end - start {
-                    return Err(Error::Weights(format!("tensor {name}: shape {:?} does not match its {} bytes", info.shape, end - start)));
+                    return Err(Error::Weights(format!(
+                        "tensor {name}: shape {:?} does not match its {} bytes",
+                        info.shape,
+                        end - start
+                    )));
                 }
                 let offset = 8 + header_len;
-                entries.insert(name.clone(), Entry { file: i, dtype: info.dtype, shape: info.shape.clone(), start: offset + start, end: offset + end });
+                entries.insert(
+                    name.clone(),
+                    Entry {
+                        file: i,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: offset + start,
+                        end: offset + end,
+                    },
+                );
             }
         }
         Ok(Weights { files, entries })
@@ -74,9 +92,18 @@ impl Weights {
             .ok_or_else(|| Error::Weights(format!("the checkpoint has no tensor {name}")))?;
         let raw = &self.files[e.file][e.start..e.end];
         let values = match e.dtype {
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
         };
         Ok((values, e.shape.clone()))
     }
@@ -94,13 +121,25 @@ pub struct Vb<'a> {
 
 impl<'a> Vb<'a> {
     pub fn new(weights: &'a Weights, device: &Device, linear_dtype: DType) -> Vb<'a> {
-        Vb { weights, prefix: String::new(), device: device.clone(), linear_dtype }
+        Vb {
+            weights,
+            prefix: String::new(),
+            device: device.clone(),
+            linear_dtype,
+        }
     }
 
     /// The sub-module `name` (a field name or a layer index).
     pub fn pp(&self, name: impl std::fmt::Display) -> Vb<'a> {
-        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Vb { prefix, ..self.clone() }
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Vb {
+            prefix,
+            ..self.clone()
+        }
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -119,7 +158,9 @@ impl<'a> Vb<'a> {
         let full = self.path(name);
         let (data, have) = self.weights.get_f32(&full)?;
         if have != shape {
-            return Err(Error::Weights(format!("tensor {full} has shape {have:?}, the config implies {shape:?}")));
+            return Err(Error::Weights(format!(
+                "tensor {full} has shape {have:?}, the config implies {shape:?}"
+            )));
         }
         Ok((full, data))
     }
@@ -138,7 +179,12 @@ impl<'a> Vb<'a> {
 
     /// As [`Vb::get_linear_weight`] for a tensor stored as `stored` and used as the 2-D `shape`
     /// (a patch-embedding conv weight `[O, C, P, P]` used as `[O, C·P·P]`).
-    pub fn get_linear_weight_as(&self, name: &str, stored: &[usize], shape: &[usize]) -> Result<Tensor> {
+    pub fn get_linear_weight_as(
+        &self,
+        name: &str,
+        stored: &[usize],
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let (full, data) = self.values(name, stored)?;
         let dtype = match self.linear_dtype {
             d if d.is_quantized() && shape.len() == 2 && shape[1] % 32 == 0 => d,
@@ -146,5 +192,18 @@ impl<'a> Vb<'a> {
             d => d,
         };
         Tensor::weight(&full, &data, shape, dtype, &self.device)
+    }
+}
+
+/// A 0-d (or 1-element) tensor's value, e.g. CLIP's `logit_scale`.
+pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
+    let full = vb.path(name);
+    let (v, _) = vb.weights.get_f32(&full)?;
+    match v.as_slice() {
+        [x] => Ok(*x),
+        _ => Err(Error::Weights(format!(
+            "tensor {full} should hold one value, it has {}",
+            v.len()
+        ))),
     }
 }

@@ -58,7 +58,14 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    pub fn new(vb: &Vb, hidden: usize, intermediate: usize, heads: usize, eps: f64, act: Activation) -> Result<Self> {
+    pub fn new(
+        vb: &Vb,
+        hidden: usize,
+        intermediate: usize,
+        heads: usize,
+        eps: f64,
+        act: Activation,
+    ) -> Result<Self> {
         let attn = vb.pp("self_attn");
         Ok(ClipEncoderLayer {
             q_proj: Linear::new(&attn.pp("q_proj"), hidden, hidden)?,
@@ -82,11 +89,23 @@ impl ClipEncoderLayer {
         let k = split_heads(&self.k_proj.forward(&h)?, self.heads)?;
         let v = split_heads(&self.v_proj.forward(&h)?, self.heads)?;
         let scale = 1.0 / (q.dim(3) as f32).sqrt();
-        let a = Tensor::attention(&q, &k, &v, &AttentionOpts { scale, causal, mask, kv_len: None })?;
+        let a = Tensor::attention(
+            &q,
+            &k,
+            &v,
+            &AttentionOpts {
+                scale,
+                causal,
+                mask,
+                kv_len: None,
+            },
+        )?;
         // (B, H, T, Dh) -> (B, T, D)
         let x = x.add(&self.out_proj.forward(&merge_heads(&a)?)?)?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = self.fc2.forward(&activation(&self.fc1.forward(&h)?, self.act)?)?;
+        let h = self
+            .fc2
+            .forward(&activation(&self.fc1.forward(&h)?, self.act)?)?;
         x.add(&h)
     }
 }
@@ -107,19 +126,34 @@ impl ClipVisionTransformer {
         let emb = vb.pp("embeddings");
         let (p, c) = (cfg.patch_size, cfg.num_channels);
         if cfg.image_size % p != 0 {
-            return Err(Error::Config(format!("vision_config: image_size {} is not a multiple of patch_size {p}", cfg.image_size)));
+            return Err(Error::Config(format!(
+                "vision_config: image_size {} is not a multiple of patch_size {p}",
+                cfg.image_size
+            )));
         }
         // the conv weight [D, C, P, P] is used as a Linear over flattened patches [D, C·P·P]
-        let patch_embedding = emb.pp("patch_embedding").get_linear_weight_as("weight", &[d, c, p, p], &[d, c * p * p])?;
+        let patch_embedding = emb.pp("patch_embedding").get_linear_weight_as(
+            "weight",
+            &[d, c, p, p],
+            &[d, c * p * p],
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
-                ClipEncoderLayer::new(&vb.pp("encoder").pp("layers").pp(i), d, cfg.intermediate_size, cfg.num_attention_heads, cfg.layer_norm_eps, cfg.hidden_act)
+                ClipEncoderLayer::new(
+                    &vb.pp("encoder").pp("layers").pp(i),
+                    d,
+                    cfg.intermediate_size,
+                    cfg.num_attention_heads,
+                    cfg.layer_norm_eps,
+                    cfg.hidden_act,
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ClipVisionTransformer {
             class_embedding: emb.get("class_embedding", &[d])?.reshape(&[1, 1, d])?,
             patch_embedding,
-            position_embedding: emb.get("position_embedding.weight", &[cfg.num_patches() + 1, d])?,
+            position_embedding: emb
+                .get("position_embedding.weight", &[cfg.num_patches() + 1, d])?,
             pre_layrnorm: LayerNorm::new(&vb.pp("pre_layrnorm"), d, cfg.layer_norm_eps)?,
             layers,
             post_layernorm: LayerNorm::new(&vb.pp("post_layernorm"), d, cfg.layer_norm_eps)?,
@@ -130,8 +164,19 @@ impl ClipVisionTransformer {
     /// `pixels [B, C, H, W]` -> encoder output `[B, 1 + N, D]` (before post_layernorm).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let s = self.cfg.image_size;
-        if pixels.rank() != 4 || pixels.dim(1) != self.cfg.num_channels || pixels.dim(2) != s || pixels.dim(3) != s {
-            return Err(Error::shape("vision", format!("pixels {:?} should be [B, {}, {s}, {s}]", pixels.shape(), self.cfg.num_channels)));
+        if pixels.rank() != 4
+            || pixels.dim(1) != self.cfg.num_channels
+            || pixels.dim(2) != s
+            || pixels.dim(3) != s
+        {
+            return Err(Error::shape(
+                "vision",
+                format!(
+                    "pixels {:?} should be [B, {}, {s}, {s}]",
+                    pixels.shape(),
+                    self.cfg.num_channels
+                ),
+            ));
         }
         let b = pixels.dim(0);
         // (B, C, H, W) -> (B, N, D)

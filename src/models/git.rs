@@ -86,9 +86,16 @@ impl GitLayer {
         let v = split_heads(&self.value.forward(x)?, self.heads)?;
         cache.append(&k, &v)?;
         let scale = 1.0 / (q.dim(3) as f32).sqrt();
-        let opts = AttentionOpts { scale, causal, mask: None, kv_len: Some(cache.len) };
+        let opts = AttentionOpts {
+            scale,
+            causal,
+            mask: None,
+            kv_len: Some(cache.len),
+        };
         let a = merge_heads(&Tensor::attention(&q, &cache.k, &cache.v, &opts)?)?;
-        let h = self.attn_ln.forward(&self.attn_dense.forward(&a)?.add(x)?)?;
+        let h = self
+            .attn_ln
+            .forward(&self.attn_dense.forward(&a)?.add(x)?)?;
         let i = activation(&self.intermediate.forward(&h)?, self.act)?;
         self.out_ln.forward(&self.out_dense.forward(&i)?.add(&h)?)
     }
@@ -127,16 +134,27 @@ impl Git {
         let output = if vb.contains("output.weight") || !cfg.tie_word_embeddings {
             Linear::new(&vb.pp("output"), d, cfg.vocab_size)?
         } else {
-            Linear { weight: emb.get("word_embeddings.weight", &[cfg.vocab_size, d])?, bias: Some(vb.get("output.bias", &[cfg.vocab_size])?) }
+            Linear {
+                weight: emb.get("word_embeddings.weight", &[cfg.vocab_size, d])?,
+                bias: Some(vb.get("output.bias", &[cfg.vocab_size])?),
+            }
         };
         Ok(Git {
             word_embeddings: emb.get("word_embeddings.weight", &[cfg.vocab_size, d])?,
-            position_embeddings: emb.get("position_embeddings.weight", &[cfg.max_position_embeddings, d])?,
+            position_embeddings: emb.get(
+                "position_embeddings.weight",
+                &[cfg.max_position_embeddings, d],
+            )?,
             embeddings_ln: LayerNorm::new(&emb.pp("LayerNorm"), d, cfg.layer_norm_eps)?,
-            vision: ClipVisionTransformer::new(&g.pp("image_encoder").pp("vision_model"), &cfg.vision_config)?,
+            vision: ClipVisionTransformer::new(
+                &g.pp("image_encoder").pp("vision_model"),
+                &cfg.vision_config,
+            )?,
             projection: Linear::new(&proj.pp(0), vd, d)?,
             projection_ln: LayerNorm::new(&proj.pp(1), d, cfg.vision_config.layer_norm_eps)?,
-            layers: (0..cfg.num_hidden_layers).map(|i| GitLayer::new(&g.pp("encoder").pp("layer").pp(i), cfg)).collect::<Result<_>>()?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| GitLayer::new(&g.pp("encoder").pp("layer").pp(i), cfg))
+                .collect::<Result<_>>()?,
             output,
             cfg: cfg.clone(),
         })
@@ -156,22 +174,37 @@ impl Git {
     /// Runs the image tokens through the decoder once; `max_text` positions are reserved for
     /// the prompt and the answer.
     pub fn image_prefix(&self, visual: &Tensor, max_text: usize) -> Result<ImagePrefix> {
-        let (n, dh) = (visual.dim(1), self.cfg.hidden_size / self.cfg.num_attention_heads);
+        let (n, dh) = (
+            visual.dim(1),
+            self.cfg.hidden_size / self.cfg.num_attention_heads,
+        );
         let device = visual.device();
         let mut caches = Vec::with_capacity(self.layers.len());
         let mut x = visual.clone();
         for layer in &self.layers {
-            let mut cache = KvCache::new(1, self.cfg.num_attention_heads, n + max_text, dh, &device)?;
+            let mut cache =
+                KvCache::new(1, self.cfg.num_attention_heads, n + max_text, dh, &device)?;
             x = layer.forward(&x, &mut cache, false)?;
             caches.push(cache);
         }
-        Ok(ImagePrefix { caches, num_image_tokens: n })
+        Ok(ImagePrefix {
+            caches,
+            num_image_tokens: n,
+        })
     }
 
     /// A decoder state for generating after `prefix` (copied: the prefix can serve again).
     pub fn decoder<'a>(&'a self, prefix: &ImagePrefix) -> Result<GitDecoder<'a>> {
-        let caches = prefix.caches.iter().map(|c| c.select_rows(&[0])).collect::<Result<_>>()?;
-        Ok(GitDecoder { model: self, caches, text_len: 0 })
+        let caches = prefix
+            .caches
+            .iter()
+            .map(|c| c.select_rows(&[0]))
+            .collect::<Result<_>>()?;
+        Ok(GitDecoder {
+            model: self,
+            caches,
+            text_len: 0,
+        })
     }
 
     /// Text embeddings of `ids [B][T]` at positions `start..start+T`.
@@ -187,11 +220,18 @@ impl Git {
         let device = self.word_embeddings.device();
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
         }
-        let words = self.word_embeddings.embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?;
+        let words = self
+            .word_embeddings
+            .embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?;
         let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let positions = self.position_embeddings.embedding(&Tensor::from_u32(&pos, &[t], &device)?)?;
+        let positions =
+            self.position_embeddings
+                .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?;
         // (B, T, D) + (T, D)
         self.embeddings_ln.forward(&words.add(&positions)?)
     }
@@ -225,7 +265,11 @@ impl Decoder for GitDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        self.caches = self.caches.iter().map(|c| c.select_rows(rows)).collect::<Result<_>>()?;
+        self.caches = self
+            .caches
+            .iter()
+            .map(|c| c.select_rows(rows))
+            .collect::<Result<_>>()?;
         Ok(())
     }
 }

@@ -13,10 +13,16 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Linear> {
-        Ok(Linear { weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?, bias: Some(vb.get("bias", &[out_dim])?) })
+        Ok(Linear {
+            weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?,
+            bias: Some(vb.get("bias", &[out_dim])?),
+        })
     }
     pub fn no_bias(vb: &Vb, in_dim: usize, out_dim: usize) -> Result<Linear> {
-        Ok(Linear { weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?, bias: None })
+        Ok(Linear {
+            weight: vb.get_linear_weight("weight", &[out_dim, in_dim])?,
+            bias: None,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.linear(&self.weight, self.bias.as_ref())
@@ -31,7 +37,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn new(vb: &Vb, dim: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm { weight: vb.get("weight", &[dim])?, bias: vb.get("bias", &[dim])?, eps: eps as f32 })
+        Ok(LayerNorm {
+            weight: vb.get("weight", &[dim])?,
+            bias: vb.get("bias", &[dim])?,
+            eps: eps as f32,
+        })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.weight, &self.bias, self.eps)
@@ -50,7 +60,8 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// `[B, T, H·D] -> [B, H, T, D]`
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, hd) = (x.dim(0), x.dim(1), x.dim(2));
-    x.reshape(&[b, t, heads, hd / heads])?.permute(&[0, 2, 1, 3])
+    x.reshape(&[b, t, heads, hd / heads])?
+        .permute(&[0, 2, 1, 3])
 }
 
 /// `[B, H, T, D] -> [B, T, H·D]`
@@ -68,9 +79,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(b: usize, heads: usize, capacity: usize, head_dim: usize, device: &crate::Device) -> Result<KvCache> {
+    pub fn new(
+        b: usize,
+        heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        device: &crate::Device,
+    ) -> Result<KvCache> {
         let shape = [b, heads, capacity, head_dim];
-        Ok(KvCache { k: Tensor::zeros(&shape, device)?, v: Tensor::zeros(&shape, device)?, len: 0 })
+        Ok(KvCache {
+            k: Tensor::zeros(&shape, device)?,
+            v: Tensor::zeros(&shape, device)?,
+            len: 0,
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -96,9 +117,16 @@ impl KvCache {
     /// A cache holding rows `rows` of this one's batch (beam search reorders its beams).
     pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache> {
         let pick = |t: &Tensor| -> Result<Tensor> {
-            let parts = rows.iter().map(|&r| t.narrow(0, r, 1)).collect::<Result<Vec<_>>>()?;
+            let parts = rows
+                .iter()
+                .map(|&r| t.narrow(0, r, 1))
+                .collect::<Result<Vec<_>>>()?;
             Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
         };
-        Ok(KvCache { k: pick(&self.k)?, v: pick(&self.v)?, len: self.len })
+        Ok(KvCache {
+            k: pick(&self.k)?,
+            v: pick(&self.v)?,
+            len: self.len,
+        })
     }
 }

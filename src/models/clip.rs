@@ -1,0 +1,210 @@
+//! CLIP (`CLIPModel`): a causal text transformer pooled at the end-of-text token, the vision
+//! transformer pooled at the class token, both projected; `logits_per_image` is the scaled
+//! cosine similarity.
+
+use serde::Deserialize;
+
+use super::clip_vision::{ClipEncoderLayer, ClipVisionTransformer, VisionConfig};
+use crate::error::{Error, Result};
+use crate::io::config::Activation;
+use crate::io::Vb;
+use crate::nn::{LayerNorm, Linear};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "quick_gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "legacy_eos")]
+    pub eos_token_id: u32,
+}
+
+fn ln_eps() -> f64 {
+    1e-5
+}
+fn quick_gelu() -> Activation {
+    Activation::QuickGelu
+}
+fn legacy_eos() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClipConfig {
+    pub text_config: TextConfig,
+    pub vision_config: VisionConfig,
+    pub projection_dim: usize,
+}
+
+pub struct Clip {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+    text_layers: Vec<ClipEncoderLayer>,
+    final_layer_norm: LayerNorm,
+    text_projection: Linear,
+    vision: ClipVisionTransformer,
+    visual_projection: Linear,
+    /// exp(logit_scale)
+    pub logit_scale: f32,
+    pub cfg: ClipConfig,
+}
+
+impl Clip {
+    pub fn new(vb: &Vb, cfg: &ClipConfig) -> Result<Clip> {
+        let t = &cfg.text_config;
+        let tm = vb.pp("text_model");
+        let scale = crate::io::weights::scalar(vb, "logit_scale")?;
+        Ok(Clip {
+            token_embedding: tm.get(
+                "embeddings.token_embedding.weight",
+                &[t.vocab_size, t.hidden_size],
+            )?,
+            position_embedding: tm.get(
+                "embeddings.position_embedding.weight",
+                &[t.max_position_embeddings, t.hidden_size],
+            )?,
+            text_layers: (0..t.num_hidden_layers)
+                .map(|i| {
+                    ClipEncoderLayer::new(
+                        &tm.pp("encoder").pp("layers").pp(i),
+                        t.hidden_size,
+                        t.intermediate_size,
+                        t.num_attention_heads,
+                        t.layer_norm_eps,
+                        t.hidden_act,
+                    )
+                })
+                .collect::<Result<_>>()?,
+            final_layer_norm: LayerNorm::new(
+                &tm.pp("final_layer_norm"),
+                t.hidden_size,
+                t.layer_norm_eps,
+            )?,
+            text_projection: Linear::no_bias(
+                &vb.pp("text_projection"),
+                t.hidden_size,
+                cfg.projection_dim,
+            )?,
+            vision: ClipVisionTransformer::new(&vb.pp("vision_model"), &cfg.vision_config)?,
+            visual_projection: Linear::no_bias(
+                &vb.pp("visual_projection"),
+                cfg.vision_config.hidden_size,
+                cfg.projection_dim,
+            )?,
+            logit_scale: scale.exp(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Projected image embedding `[B, P]` (not normalized) of `pixels [B, 3, H, W]`.
+    pub fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.vision.forward(pixels)?;
+        let (b, d) = (x.dim(0), x.dim(2));
+        // class token: (B, 1 + N, D) -> (B, D)
+        let cls = x.narrow(1, 0, 1)?.reshape(&[b, d])?;
+        self.visual_projection
+            .forward(&self.vision.post_layernorm.forward(&cls)?)
+    }
+
+    /// Projected text embeddings `[B, P]` of padded `ids [B][T]` with `mask` (1 = token, 0 = pad).
+    pub fn text_embeds(&self, ids: &[Vec<u32>], mask: &[Vec<u32>]) -> Result<Tensor> {
+        let t = &self.cfg.text_config;
+        let (b, len) = (ids.len(), ids.first().map_or(0, |r| r.len()));
+        if len == 0 || len > t.max_position_embeddings || ids.iter().any(|r| r.len() != len) {
+            return Err(Error::Invalid(format!(
+                "texts must be 1..={} tokens and padded to one length",
+                t.max_position_embeddings
+            )));
+        }
+        let device = self.token_embedding.device();
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= t.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                t.vocab_size
+            )));
+        }
+        let pos: Vec<u32> = (0..len as u32).collect();
+        // (B, T, D) + (T, D)
+        let mut x = self
+            .token_embedding
+            .embedding(&Tensor::from_u32(&flat, &[b, len], &device)?)?
+            .add(&self.position_embedding.embedding(&Tensor::from_u32(
+                &pos,
+                &[len],
+                &device,
+            )?)?)?;
+        // padding keys are masked for every query: (B, T, T)
+        let mut add_mask = vec![0f32; b * len * len];
+        for (r, m) in mask.iter().enumerate() {
+            for q in 0..len {
+                for (k, &keep) in m.iter().enumerate().take(len) {
+                    if keep == 0 {
+                        add_mask[(r * len + q) * len + k] = f32::MIN;
+                    }
+                }
+            }
+        }
+        let add_mask = Tensor::from_f32(&add_mask, &[b, len, len], &device)?;
+        for layer in &self.text_layers {
+            x = layer.forward(&x, true, Some(&add_mask))?;
+        }
+        let x = self.final_layer_norm.forward(&x)?;
+        // pool at the end-of-text token (the highest id for legacy configs with eos_token_id = 2)
+        let rows: Vec<usize> = ids
+            .iter()
+            .map(|r| {
+                if t.eos_token_id == 2 {
+                    // first position of the largest id, as torch.argmax
+                    let max = r.iter().copied().max().unwrap_or(0);
+                    r.iter().position(|&v| v == max).unwrap_or(0)
+                } else {
+                    r.iter()
+                        .position(|&v| v == t.eos_token_id)
+                        .unwrap_or(len - 1)
+                }
+            })
+            .collect();
+        let picked = rows
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| {
+                x.narrow(0, r, 1)?
+                    .narrow(1, p, 1)?
+                    .reshape(&[1, t.hidden_size])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pooled = Tensor::cat(&picked.iter().collect::<Vec<_>>(), 0)?;
+        self.text_projection.forward(&pooled)
+    }
+}
+
+/// L2-normalizes rows of a host matrix `[n, p]`.
+pub fn normalize_rows(v: &mut [f32], p: usize) {
+    for row in v.chunks_mut(p) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+}
+
+/// `logits_per_image [n_img, n_txt]` from embeddings on the host.
+pub fn logits_per_image(mut img: Vec<f32>, mut txt: Vec<f32>, p: usize, scale: f32) -> Vec<f32> {
+    normalize_rows(&mut img, p);
+    normalize_rows(&mut txt, p);
+    let n_txt = txt.len() / p;
+    img.chunks(p)
+        .flat_map(|i| {
+            txt.chunks(p)
+                .map(move |t| scale * i.iter().zip(t).map(|(a, b)| a * b).sum::<f32>())
+        })
+        .take(img.len() / p * n_txt)
+        .collect()
+}
