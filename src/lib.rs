@@ -11,6 +11,7 @@ pub mod image;
 pub mod io;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
 pub mod rng;
 pub mod selfcheck;
 pub mod tensor;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use glimpse::{bench, selfcheck, Device, GpuContext, GpuOptions};
+use glimpse::pipeline::{ModelFiles, Pipeline};
+use glimpse::{bench, selfcheck, DType, Device, GpuContext, GpuOptions};
 
 #[derive(Parser)]
 #[command(
@@ -52,6 +53,35 @@ enum Command {
         #[arg(long)]
         json: PathBuf,
     },
+    /// Captions images (several images reuse the loaded model)
+    Caption {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// continue this text (conditional captioning)
+        #[arg(long)]
+        prompt: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Answers a question about an image
+    Ask {
+        image: PathBuf,
+        question: String,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Scores an image against texts (CLIP): zero-shot labels
+    Match {
+        image: PathBuf,
+        #[arg(required = true)]
+        texts: Vec<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Shows the GPU adapter and the limits glimpse uses
     Info,
     /// Serves the web app (www/, pkg/, models/) on 127.0.0.1
@@ -62,6 +92,119 @@ enum Command {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, …)
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum, default_value = "gpu")]
+    device: DeviceArg,
+    /// storage of Linear weights, quantized while loading
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4_0"])]
+    dtype: String,
+    /// print JSON instead of streaming text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    beams: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    min_new_tokens: Option<usize>,
+    #[arg(long)]
+    sample: bool,
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+}
+
+impl GenArgs {
+    fn apply(&self, mut o: glimpse::generate::GenerateOptions) -> glimpse::generate::GenerateOptions {
+        if let Some(v) = self.beams {
+            o.num_beams = v;
+        }
+        if let Some(v) = self.max_new_tokens {
+            o.max_new_tokens = v;
+        }
+        if let Some(v) = self.min_new_tokens {
+            o.min_new_tokens = v;
+        }
+        o.do_sample |= self.sample;
+        if let Some(v) = self.temperature {
+            o.temperature = v;
+        }
+        if let Some(v) = self.top_k {
+            o.top_k = v;
+        }
+        if let Some(v) = self.top_p {
+            o.top_p = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            o.repetition_penalty = v;
+        }
+        if let Some(v) = self.no_repeat_ngram_size {
+            o.no_repeat_ngram_size = v;
+        }
+        o.seed = self.seed;
+        o
+    }
+}
+
+fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
+    let device = match m.device {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Gpu | DeviceArg::All => gpu()?,
+    };
+    let files = ModelFiles::from_dir(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
+    Ok(Pipeline::load(&files, &device, DType::parse(&m.dtype)?)?)
+}
+
+fn read_image(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Runs one generation, streaming to stdout unless `json`.
+fn generate_text(
+    p: &Pipeline,
+    image: &glimpse::pipeline::PreparedImage,
+    question: Option<&str>,
+    prompt: Option<&str>,
+    opts: &glimpse::generate::GenerateOptions,
+    json: bool,
+) -> anyhow::Result<glimpse::pipeline::Generated> {
+    use std::io::Write;
+    let mut shown = 0usize;
+    let mut on_text = |text: &str| {
+        if !json && text.len() > shown && text.is_char_boundary(shown) {
+            print!("{}", &text[shown..]);
+            let _ = std::io::stdout().flush();
+            shown = text.len();
+        }
+        true
+    };
+    let out = match question {
+        Some(q) => pollster::block_on(p.ask(image, q, opts, &mut on_text))?,
+        None => pollster::block_on(p.caption(image, prompt, opts, &mut on_text))?,
+    };
+    if !json {
+        println!();
+    }
+    Ok(out)
 }
 
 #[derive(Subcommand)]
@@ -179,6 +322,46 @@ fn main() -> anyhow::Result<()> {
             }
             std::fs::write(&json, serde_json::to_string(&map)?)
                 .with_context(|| format!("writing {}", json.display()))?;
+        }
+        Command::Caption { images, prompt, model, gen } => {
+            let p = load_pipeline(&model)?;
+            let opts = gen.apply(p.default_options());
+            let mut results = Vec::new();
+            for path in &images {
+                if !model.json && images.len() > 1 {
+                    print!("{}: ", path.display());
+                }
+                let image = p.prepare_image(&read_image(path)?).with_context(|| format!("{}", path.display()))?;
+                let out = generate_text(&p, &image, None, prompt.as_deref(), &opts, model.json)?;
+                results.push(serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}));
+            }
+            if model.json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+        }
+        Command::Ask { image, question, model, gen } => {
+            let p = load_pipeline(&model)?;
+            let opts = gen.apply(p.default_options());
+            let prepared = p.prepare_image(&read_image(&image)?).with_context(|| format!("{}", image.display()))?;
+            let out = generate_text(&p, &prepared, Some(&question), None, &opts, model.json)?;
+            if model.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"image": image, "question": question, "answer": out.text, "ids": out.ids}))?);
+            }
+        }
+        Command::Match { image, texts, model } => {
+            let p = load_pipeline(&model)?;
+            let prepared = p.prepare_image(&read_image(&image)?).with_context(|| format!("{}", image.display()))?;
+            let probs = pollster::block_on(p.match_texts(&prepared, &texts))?;
+            let mut ranked: Vec<(&String, f32)> = texts.iter().zip(probs).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            if model.json {
+                let rows: Vec<_> = ranked.iter().map(|(t, p)| serde_json::json!({"text": t, "score": p})).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for (t, p) in ranked {
+                    println!("{:>6.2}%  {t}", p * 100.0);
+                }
+            }
         }
         Command::Info => {
             let d = gpu()?;

@@ -1,0 +1,250 @@
+//! A loaded model with its tokenizer, image processor and generation defaults, behind the tasks
+//! a person asks for: caption an image, answer a question about it, match it against texts.
+//! The image is prepared once ([`Pipeline::prepare_image`]) and serves any number of requests.
+
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions};
+use crate::image::{decode, ImageProcessorConfig};
+use crate::io::config::{architecture, parse, GenerationConfig};
+use crate::io::tokenizer::Tokenizer;
+use crate::io::{Vb, Weights};
+use crate::models::clip::{logits_per_image, Clip, ClipConfig};
+use crate::models::git::{Git, GitConfig, ImagePrefix};
+use crate::tensor::{DType, Device, Tensor};
+
+/// The files of a Hugging Face model folder, as bytes (from disk, URLs or a file picker).
+pub struct ModelFiles {
+    pub config: String,
+    pub generation_config: Option<String>,
+    pub preprocessor_config: String,
+    pub tokenizer: Vec<u8>,
+    /// model.safetensors, or every shard
+    pub weights: Vec<Vec<u8>>,
+}
+
+impl ModelFiles {
+    /// Reads a model folder: config.json, preprocessor_config.json, tokenizer.json,
+    /// generation_config.json (optional) and model.safetensors or its sharded index.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_dir(dir: &std::path::Path) -> Result<ModelFiles> {
+        let read = |name: &str| -> Result<Vec<u8>> {
+            std::fs::read(dir.join(name)).map_err(|e| Error::Weights(format!("{}: {e}", dir.join(name).display())))
+        };
+        let text = |name: &str| -> Result<String> {
+            String::from_utf8(read(name)?).map_err(|_| Error::Config(format!("{name} is not UTF-8 text")))
+        };
+        let weights = if dir.join("model.safetensors").exists() {
+            vec![read("model.safetensors")?]
+        } else if dir.join("model.safetensors.index.json").exists() {
+            let index: serde_json::Value = parse("model.safetensors.index.json", &text("model.safetensors.index.json")?)?;
+            let mut shards: Vec<String> = index["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::Config("model.safetensors.index.json has no weight_map".into()))?
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards.iter().map(|s| read(s)).collect::<Result<_>>()?
+        } else {
+            return Err(Error::Weights(format!("{} has no model.safetensors (or model.safetensors.index.json)", dir.display())));
+        };
+        Ok(ModelFiles {
+            config: text("config.json")?,
+            generation_config: dir.join("generation_config.json").exists().then(|| text("generation_config.json")).transpose()?,
+            preprocessor_config: text("preprocessor_config.json")?,
+            tokenizer: read("tokenizer.json")?,
+            weights,
+        })
+    }
+}
+
+/// What a loaded model can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// captions and answers questions (GIT)
+    Caption,
+    /// scores an image against texts (CLIP)
+    Match,
+}
+
+enum Model {
+    Git(Box<Git>),
+    Clip(Box<Clip>),
+}
+
+/// An image ready for requests: its pixels encoded once.
+pub enum PreparedImage {
+    Git(ImagePrefix),
+    Clip(Tensor),
+}
+
+/// Generated text with its ids (prompt included, as transformers returns them).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Generated {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub new_tokens: usize,
+}
+
+pub struct Pipeline {
+    model: Model,
+    tokenizer: Tokenizer,
+    processor: ImageProcessorConfig,
+    generation: GenerationConfig,
+    architecture: String,
+    pub device: Device,
+}
+
+impl Pipeline {
+    /// Loads a model; Linear weights are stored as `dtype` (quantized while loading).
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Pipeline> {
+        let arch = architecture(&files.config)?;
+        let weights = Weights::from_safetensors(files.weights.clone())?;
+        let vb = Vb::new(&weights, device, dtype);
+        let model = match arch.as_str() {
+            "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(&vb, &parse::<GitConfig>("config.json", &files.config)?)?)),
+            "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(&vb, &parse::<ClipConfig>("config.json", &files.config)?)?)),
+            other => {
+                return Err(Error::Config(format!(
+                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, CLIPModel)"
+                )))
+            }
+        };
+        let generation = match &files.generation_config {
+            Some(text) => parse("generation_config.json", text)?,
+            None => GenerationConfig::default(),
+        };
+        Ok(Pipeline {
+            model,
+            tokenizer: Tokenizer::from_bytes(&files.tokenizer)?,
+            processor: ImageProcessorConfig::from_json(&files.preprocessor_config)?,
+            generation,
+            architecture: arch,
+            device: device.clone(),
+        })
+    }
+
+    pub fn architecture(&self) -> &str {
+        &self.architecture
+    }
+
+    pub fn task(&self) -> Task {
+        match self.model {
+            Model::Git(_) => Task::Caption,
+            Model::Clip(_) => Task::Match,
+        }
+    }
+
+    /// Generation options from generation_config.json (and the model's special tokens).
+    pub fn default_options(&self) -> GenerateOptions {
+        let mut opts = GenerateOptions::from_config(&self.generation);
+        if let (true, Model::Git(g)) = (opts.eos_token_ids.is_empty(), &self.model) {
+            opts.eos_token_ids.extend(g.cfg.eos_token_id);
+        }
+        opts
+    }
+
+    /// Decodes, preprocesses and encodes an image (PNG, JPEG or WebP bytes).
+    pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage> {
+        let px = self.processor.preprocess(&decode(bytes)?)?;
+        let pixels = Tensor::from_f32(&px.data, &[1, 3, px.height, px.width], &self.device)?;
+        match &self.model {
+            Model::Git(g) => {
+                let visual = g.encode_image(&pixels)?;
+                Ok(PreparedImage::Git(g.image_prefix(&visual, g.cfg.max_position_embeddings)?))
+            }
+            Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(&pixels)?)),
+        }
+    }
+
+    fn git(&self) -> Result<&Git> {
+        match &self.model {
+            Model::Git(g) => Ok(g),
+            Model::Clip(_) => Err(Error::Invalid(format!("{} matches images with texts; it does not generate text", self.architecture))),
+        }
+    }
+
+    fn bos(&self) -> Result<u32> {
+        let g = self.git()?;
+        self.generation.bos_token_id.or(g.cfg.bos_token_id).ok_or_else(|| Error::Config("no bos_token_id in generation_config.json or config.json".into()))
+    }
+
+    /// A caption, optionally continuing `prompt` (GIT's conditional captioning). `on_text`
+    /// receives the caption so far after each token; returning false cancels.
+    pub async fn caption(&self, image: &PreparedImage, prompt: Option<&str>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+        let mut ids = vec![self.bos()?];
+        if let Some(p) = prompt {
+            ids.extend(self.tokenizer.encode(p, false)?);
+        }
+        self.run(image, ids, opts, on_text).await
+    }
+
+    /// The answer to `question` (GIT VQA: the question is the text prefix, the answer follows).
+    pub async fn ask(&self, image: &PreparedImage, question: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+        if question.trim().is_empty() {
+            return Err(Error::Invalid("the question is empty".into()));
+        }
+        let mut ids = vec![self.bos()?];
+        ids.extend(self.tokenizer.encode(question, false)?);
+        self.run(image, ids, opts, on_text).await
+    }
+
+    async fn run(&self, image: &PreparedImage, prompt: Vec<u32>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+        let g = self.git()?;
+        let PreparedImage::Git(prefix) = image else {
+            return Err(Error::Invalid("this image was prepared for another model".into()));
+        };
+        let room = g.cfg.max_position_embeddings;
+        if prompt.len() + opts.max_new_tokens > room {
+            return Err(Error::Invalid(format!(
+                "the prompt is {} tokens and {} new tokens were asked for; this model holds {room} text positions",
+                prompt.len(),
+                opts.max_new_tokens
+            )));
+        }
+        let mut dec = g.decoder(prefix)?;
+        let mut new_ids: Vec<u32> = Vec::new();
+        let tokenizer = &self.tokenizer;
+        let eos = opts.eos_token_ids.clone();
+        let mut stream = |id: u32| {
+            if !eos.contains(&id) {
+                new_ids.push(id);
+            }
+            match tokenizer.decode(&new_ids) {
+                Ok(text) => on_text(&text),
+                Err(_) => true,
+            }
+        };
+        let ids = generate(&mut dec, &prompt, opts, &mut stream).await?;
+        let answer: Vec<u32> = ids[prompt.len()..].iter().copied().filter(|t| !opts.eos_token_ids.contains(t)).collect();
+        Ok(Generated { text: self.tokenizer.decode(&answer)?.trim().to_string(), new_tokens: ids.len() - prompt.len(), ids })
+    }
+
+    /// Probabilities (softmax of logits_per_image) of each text for the image (CLIP).
+    pub async fn match_texts(&self, image: &PreparedImage, texts: &[String]) -> Result<Vec<f32>> {
+        let (Model::Clip(c), PreparedImage::Clip(img)) = (&self.model, image) else {
+            return Err(Error::Invalid(format!("{} does not match images with texts (use a CLIP model)", self.architecture)));
+        };
+        if texts.is_empty() {
+            return Err(Error::Invalid("give at least one text to match".into()));
+        }
+        let encoded = texts.iter().map(|t| self.tokenizer.encode(t, true)).collect::<Result<Vec<_>>>()?;
+        let max_pos = c.cfg.text_config.max_position_embeddings;
+        let len = encoded.iter().map(Vec::len).max().unwrap_or(1);
+        if len > max_pos {
+            return Err(Error::Invalid(format!("a text is {len} tokens; this model reads at most {max_pos}")));
+        }
+        let pad = c.cfg.text_config.eos_token_id;
+        let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.iter().copied().chain(std::iter::repeat(pad)).take(len).collect()).collect();
+        let mask: Vec<Vec<u32>> = encoded.iter().map(|e| (0..len).map(|i| (i < e.len()) as u32).collect()).collect();
+        let txt = c.text_embeds(&ids, &mask)?.to_vec_f32().await?;
+        let img = img.to_vec_f32().await?;
+        let logits = logits_per_image(img, txt, c.cfg.projection_dim, c.logit_scale);
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exps.iter().sum();
+        Ok(exps.iter().map(|e| e / sum).collect())
+    }
+}
