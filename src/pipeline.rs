@@ -28,18 +28,25 @@ impl ModelFiles {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<ModelFiles> {
         let read = |name: &str| -> Result<Vec<u8>> {
-            std::fs::read(dir.join(name)).map_err(|e| Error::Weights(format!("{}: {e}", dir.join(name).display())))
+            std::fs::read(dir.join(name))
+                .map_err(|e| Error::Weights(format!("{}: {e}", dir.join(name).display())))
         };
         let text = |name: &str| -> Result<String> {
-            String::from_utf8(read(name)?).map_err(|_| Error::Config(format!("{name} is not UTF-8 text")))
+            String::from_utf8(read(name)?)
+                .map_err(|_| Error::Config(format!("{name} is not UTF-8 text")))
         };
         let weights = if dir.join("model.safetensors").exists() {
             vec![read("model.safetensors")?]
         } else if dir.join("model.safetensors.index.json").exists() {
-            let index: serde_json::Value = parse("model.safetensors.index.json", &text("model.safetensors.index.json")?)?;
+            let index: serde_json::Value = parse(
+                "model.safetensors.index.json",
+                &text("model.safetensors.index.json")?,
+            )?;
             let mut shards: Vec<String> = index["weight_map"]
                 .as_object()
-                .ok_or_else(|| Error::Config("model.safetensors.index.json has no weight_map".into()))?
+                .ok_or_else(|| {
+                    Error::Config("model.safetensors.index.json has no weight_map".into())
+                })?
                 .values()
                 .filter_map(|v| v.as_str().map(String::from))
                 .collect();
@@ -47,11 +54,18 @@ impl ModelFiles {
             shards.dedup();
             shards.iter().map(|s| read(s)).collect::<Result<_>>()?
         } else {
-            return Err(Error::Weights(format!("{} has no model.safetensors (or model.safetensors.index.json)", dir.display())));
+            return Err(Error::Weights(format!(
+                "{} has no model.safetensors (or model.safetensors.index.json)",
+                dir.display()
+            )));
         };
         Ok(ModelFiles {
             config: text("config.json")?,
-            generation_config: dir.join("generation_config.json").exists().then(|| text("generation_config.json")).transpose()?,
+            generation_config: dir
+                .join("generation_config.json")
+                .exists()
+                .then(|| text("generation_config.json"))
+                .transpose()?,
             preprocessor_config: text("preprocessor_config.json")?,
             tokenizer: read("tokenizer.json")?,
             weights,
@@ -153,7 +167,9 @@ impl Pipeline {
         match &self.model {
             Model::Git(g) => {
                 let visual = g.encode_image(&pixels)?;
-                Ok(PreparedImage::Git(g.image_prefix(&visual, g.cfg.max_position_embeddings)?))
+                Ok(PreparedImage::Git(
+                    g.image_prefix(&visual, g.cfg.max_position_embeddings)?,
+                ))
             }
             Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(&pixels)?)),
         }
@@ -162,18 +178,32 @@ impl Pipeline {
     fn git(&self) -> Result<&Git> {
         match &self.model {
             Model::Git(g) => Ok(g),
-            Model::Clip(_) => Err(Error::Invalid(format!("{} matches images with texts; it does not generate text", self.architecture))),
+            Model::Clip(_) => Err(Error::Invalid(format!(
+                "{} matches images with texts; it does not generate text",
+                self.architecture
+            ))),
         }
     }
 
     fn bos(&self) -> Result<u32> {
         let g = self.git()?;
-        self.generation.bos_token_id.or(g.cfg.bos_token_id).ok_or_else(|| Error::Config("no bos_token_id in generation_config.json or config.json".into()))
+        self.generation
+            .bos_token_id
+            .or(g.cfg.bos_token_id)
+            .ok_or_else(|| {
+                Error::Config("no bos_token_id in generation_config.json or config.json".into())
+            })
     }
 
     /// A caption, optionally continuing `prompt` (GIT's conditional captioning). `on_text`
     /// receives the caption so far after each token; returning false cancels.
-    pub async fn caption(&self, image: &PreparedImage, prompt: Option<&str>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+    pub async fn caption(
+        &self,
+        image: &PreparedImage,
+        prompt: Option<&str>,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generated> {
         let mut ids = vec![self.bos()?];
         if let Some(p) = prompt {
             ids.extend(self.tokenizer.encode(p, false)?);
@@ -182,7 +212,13 @@ impl Pipeline {
     }
 
     /// The answer to `question` (GIT VQA: the question is the text prefix, the answer follows).
-    pub async fn ask(&self, image: &PreparedImage, question: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+    pub async fn ask(
+        &self,
+        image: &PreparedImage,
+        question: &str,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generated> {
         if question.trim().is_empty() {
             return Err(Error::Invalid("the question is empty".into()));
         }
@@ -191,10 +227,18 @@ impl Pipeline {
         self.run(image, ids, opts, on_text).await
     }
 
-    async fn run(&self, image: &PreparedImage, prompt: Vec<u32>, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generated> {
+    async fn run(
+        &self,
+        image: &PreparedImage,
+        prompt: Vec<u32>,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generated> {
         let g = self.git()?;
         let PreparedImage::Git(prefix) = image else {
-            return Err(Error::Invalid("this image was prepared for another model".into()));
+            return Err(Error::Invalid(
+                "this image was prepared for another model".into(),
+            ));
         };
         let room = g.cfg.max_position_embeddings;
         if prompt.len() + opts.max_new_tokens > room {
@@ -218,27 +262,55 @@ impl Pipeline {
             }
         };
         let ids = generate(&mut dec, &prompt, opts, &mut stream).await?;
-        let answer: Vec<u32> = ids[prompt.len()..].iter().copied().filter(|t| !opts.eos_token_ids.contains(t)).collect();
-        Ok(Generated { text: self.tokenizer.decode(&answer)?.trim().to_string(), new_tokens: ids.len() - prompt.len(), ids })
+        let answer: Vec<u32> = ids[prompt.len()..]
+            .iter()
+            .copied()
+            .filter(|t| !opts.eos_token_ids.contains(t))
+            .collect();
+        Ok(Generated {
+            text: self.tokenizer.decode(&answer)?.trim().to_string(),
+            new_tokens: ids.len() - prompt.len(),
+            ids,
+        })
     }
 
     /// Probabilities (softmax of logits_per_image) of each text for the image (CLIP).
     pub async fn match_texts(&self, image: &PreparedImage, texts: &[String]) -> Result<Vec<f32>> {
         let (Model::Clip(c), PreparedImage::Clip(img)) = (&self.model, image) else {
-            return Err(Error::Invalid(format!("{} does not match images with texts (use a CLIP model)", self.architecture)));
+            return Err(Error::Invalid(format!(
+                "{} does not match images with texts (use a CLIP model)",
+                self.architecture
+            )));
         };
         if texts.is_empty() {
             return Err(Error::Invalid("give at least one text to match".into()));
         }
-        let encoded = texts.iter().map(|t| self.tokenizer.encode(t, true)).collect::<Result<Vec<_>>>()?;
+        let encoded = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, true))
+            .collect::<Result<Vec<_>>>()?;
         let max_pos = c.cfg.text_config.max_position_embeddings;
         let len = encoded.iter().map(Vec::len).max().unwrap_or(1);
         if len > max_pos {
-            return Err(Error::Invalid(format!("a text is {len} tokens; this model reads at most {max_pos}")));
+            return Err(Error::Invalid(format!(
+                "a text is {len} tokens; this model reads at most {max_pos}"
+            )));
         }
         let pad = c.cfg.text_config.eos_token_id;
-        let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.iter().copied().chain(std::iter::repeat(pad)).take(len).collect()).collect();
-        let mask: Vec<Vec<u32>> = encoded.iter().map(|e| (0..len).map(|i| (i < e.len()) as u32).collect()).collect();
+        let ids: Vec<Vec<u32>> = encoded
+            .iter()
+            .map(|e| {
+                e.iter()
+                    .copied()
+                    .chain(std::iter::repeat(pad))
+                    .take(len)
+                    .collect()
+            })
+            .collect();
+        let mask: Vec<Vec<u32>> = encoded
+            .iter()
+            .map(|e| (0..len).map(|i| (i < e.len()) as u32).collect())
+            .collect();
         let txt = c.text_embeds(&ids, &mask)?.to_vec_f32().await?;
         let img = img.to_vec_f32().await?;
         let logits = logits_per_image(img, txt, c.cfg.projection_dim, c.logit_scale);

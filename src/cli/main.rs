@@ -134,7 +134,10 @@ struct GenArgs {
 }
 
 impl GenArgs {
-    fn apply(&self, mut o: glimpse::generate::GenerateOptions) -> glimpse::generate::GenerateOptions {
+    fn apply(
+        &self,
+        mut o: glimpse::generate::GenerateOptions,
+    ) -> glimpse::generate::GenerateOptions {
         if let Some(v) = self.beams {
             o.num_beams = v;
         }
@@ -170,7 +173,8 @@ fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Gpu | DeviceArg::All => gpu()?,
     };
-    let files = ModelFiles::from_dir(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
+    let files =
+        ModelFiles::from_dir(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
     Ok(Pipeline::load(&files, &device, DType::parse(&m.dtype)?)?)
 }
 
@@ -323,7 +327,12 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&json, serde_json::to_string(&map)?)
                 .with_context(|| format!("writing {}", json.display()))?;
         }
-        Command::Caption { images, prompt, model, gen } => {
+        Command::Caption {
+            images,
+            prompt,
+            model,
+            gen,
+        } => {
             let p = load_pipeline(&model)?;
             let opts = gen.apply(p.default_options());
             let mut results = Vec::new();
@@ -331,31 +340,55 @@ fn main() -> anyhow::Result<()> {
                 if !model.json && images.len() > 1 {
                     print!("{}: ", path.display());
                 }
-                let image = p.prepare_image(&read_image(path)?).with_context(|| format!("{}", path.display()))?;
+                let image = p
+                    .prepare_image(&read_image(path)?)
+                    .with_context(|| format!("{}", path.display()))?;
                 let out = generate_text(&p, &image, None, prompt.as_deref(), &opts, model.json)?;
-                results.push(serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}));
+                results
+                    .push(serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}));
             }
             if model.json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             }
         }
-        Command::Ask { image, question, model, gen } => {
+        Command::Ask {
+            image,
+            question,
+            model,
+            gen,
+        } => {
             let p = load_pipeline(&model)?;
             let opts = gen.apply(p.default_options());
-            let prepared = p.prepare_image(&read_image(&image)?).with_context(|| format!("{}", image.display()))?;
+            let prepared = p
+                .prepare_image(&read_image(&image)?)
+                .with_context(|| format!("{}", image.display()))?;
             let out = generate_text(&p, &prepared, Some(&question), None, &opts, model.json)?;
             if model.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"image": image, "question": question, "answer": out.text, "ids": out.ids}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"image": image, "question": question, "answer": out.text, "ids": out.ids})
+                    )?
+                );
             }
         }
-        Command::Match { image, texts, model } => {
+        Command::Match {
+            image,
+            texts,
+            model,
+        } => {
             let p = load_pipeline(&model)?;
-            let prepared = p.prepare_image(&read_image(&image)?).with_context(|| format!("{}", image.display()))?;
+            let prepared = p
+                .prepare_image(&read_image(&image)?)
+                .with_context(|| format!("{}", image.display()))?;
             let probs = pollster::block_on(p.match_texts(&prepared, &texts))?;
             let mut ranked: Vec<(&String, f32)> = texts.iter().zip(probs).collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
             if model.json {
-                let rows: Vec<_> = ranked.iter().map(|(t, p)| serde_json::json!({"text": t, "score": p})).collect();
+                let rows: Vec<_> = ranked
+                    .iter()
+                    .map(|(t, p)| serde_json::json!({"text": t, "score": p}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for (t, p) in ranked {

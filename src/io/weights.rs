@@ -44,14 +44,15 @@ impl Weights {
                         "tensor {name} lies past the end of the file ({end} > {data_len} bytes of data): the file is truncated"
                     )));
                 }
-                let elem =
-                    match info.dtype {
-                        Dtype::F32 => 4,
-                        Dtype::F16 | Dtype::BF16 => 2,
-                        other => return Err(Error::Weights(format!(
+                let elem = match info.dtype {
+                    Dtype::F32 => 4,
+                    Dtype::F16 | Dtype::BF16 => 2,
+                    other => {
+                        return Err(Error::Weights(format!(
                             "tensor {name} has dtype {other:?}; glimpse reads f32, f16 and bf16"
-                        ))),
-                    };
+                        )))
+                    }
+                };
                 let numel: usize = info.shape.iter().product();
                 if numel * elem != end - start {
                     return Err(Error::Weights(format!(
