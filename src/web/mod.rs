@@ -6,6 +6,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::bench::{self, BenchOptions, BenchRow};
 use crate::gpu::{GpuContext, GpuOptions};
+use crate::pipeline::{ModelFiles, Pipeline, PreparedImage, Task};
 use crate::selfcheck;
 use crate::tensor::{AttentionOpts, DType, Device, Tensor};
 
@@ -217,4 +218,192 @@ pub fn format_bench_table(rows: JsValue) -> Result<String, JsError> {
     let mut rows: Vec<BenchRow> = serde_wasm_bindgen::from_value(rows).map_err(js_err)?;
     bench::attach_cpu_ratios(&mut rows);
     Ok(bench::format_table(&rows))
+}
+
+/// The files of a model folder, as the page fetched or the person picked them.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsModelFiles {
+    config: String,
+    generation_config: Option<String>,
+    preprocessor_config: String,
+    #[serde(with = "serde_bytes_compat")]
+    tokenizer: Vec<u8>,
+    #[serde(with = "serde_bytes_vec_compat")]
+    weights: Vec<Vec<u8>>,
+}
+
+/// Uint8Array <-> Vec<u8> through serde-wasm-bindgen (it reads typed arrays as byte buffers).
+mod serde_bytes_compat {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        serde::Deserialize::deserialize(d).map(|b: serde_bytes::ByteBuf| b.into_vec())
+    }
+}
+mod serde_bytes_vec_compat {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        serde::Deserialize::deserialize(d)
+            .map(|v: Vec<serde_bytes::ByteBuf>| v.into_iter().map(|b| b.into_vec()).collect())
+    }
+}
+
+/// Generation options from JS (camelCase); unset ones come from generation_config.json.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct JsGenerateOptions {
+    max_new_tokens: Option<usize>,
+    min_new_tokens: Option<usize>,
+    num_beams: Option<usize>,
+    do_sample: Option<bool>,
+    temperature: Option<f32>,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    seed: Option<f64>,
+    repetition_penalty: Option<f32>,
+    no_repeat_ngram_size: Option<usize>,
+    /// conditional captioning: the caption continues this text
+    prompt: Option<String>,
+}
+
+fn options(
+    p: &Pipeline,
+    js: &JsValue,
+) -> Result<(crate::generate::GenerateOptions, Option<String>), JsError> {
+    let o: JsGenerateOptions = if js.is_undefined() || js.is_null() {
+        JsGenerateOptions::default()
+    } else {
+        serde_wasm_bindgen::from_value(js.clone()).map_err(js_err)?
+    };
+    let mut g = p.default_options();
+    g.max_new_tokens = o.max_new_tokens.unwrap_or(g.max_new_tokens);
+    g.min_new_tokens = o.min_new_tokens.unwrap_or(g.min_new_tokens);
+    g.num_beams = o.num_beams.unwrap_or(g.num_beams);
+    g.do_sample = o.do_sample.unwrap_or(g.do_sample);
+    g.temperature = o.temperature.unwrap_or(g.temperature);
+    g.top_k = o.top_k.unwrap_or(g.top_k);
+    g.top_p = o.top_p.unwrap_or(g.top_p);
+    g.seed = o.seed.map_or(g.seed, |s| s as u64);
+    g.repetition_penalty = o.repetition_penalty.unwrap_or(g.repetition_penalty);
+    g.no_repeat_ngram_size = o.no_repeat_ngram_size.unwrap_or(g.no_repeat_ngram_size);
+    Ok((g, o.prompt))
+}
+
+/// A loaded model: caption, ask, match. Images are prepared once and referred to by handle.
+#[wasm_bindgen(js_name = Model)]
+pub struct JsModel {
+    pipeline: Pipeline,
+    images: Vec<Option<PreparedImage>>,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// `await engine.loadModel({config, generationConfig, preprocessorConfig, tokenizer, weights: [Uint8Array…]}, 'f32'|'f16'|'q8_0'|'q4_0')`
+    #[wasm_bindgen(js_name = loadModel)]
+    pub fn load_model(&self, files: JsValue, dtype: String) -> Result<JsModel, JsError> {
+        let f: JsModelFiles = serde_wasm_bindgen::from_value(files).map_err(js_err)?;
+        let files = ModelFiles {
+            config: f.config,
+            generation_config: f.generation_config,
+            preprocessor_config: f.preprocessor_config,
+            tokenizer: f.tokenizer,
+            weights: f.weights,
+        };
+        let dtype = DType::parse(&dtype).map_err(js_err)?;
+        let pipeline = Pipeline::load(&files, &self.device, dtype).map_err(js_err)?;
+        Ok(JsModel {
+            pipeline,
+            images: Vec::new(),
+        })
+    }
+}
+
+#[wasm_bindgen(js_class = Model)]
+impl JsModel {
+    #[wasm_bindgen(getter)]
+    pub fn architecture(&self) -> String {
+        self.pipeline.architecture().to_string()
+    }
+
+    /// "caption" (captions and answers questions) or "match" (zero-shot labels).
+    #[wasm_bindgen(getter)]
+    pub fn task(&self) -> String {
+        match self.pipeline.task() {
+            Task::Caption => "caption".into(),
+            Task::Match => "match".into(),
+        }
+    }
+
+    /// Decodes and encodes an image (PNG, JPEG, WebP bytes); returns its handle.
+    #[wasm_bindgen(js_name = prepareImage)]
+    pub fn prepare_image(&mut self, bytes: &[u8]) -> Result<u32, JsError> {
+        let prepared = self.pipeline.prepare_image(bytes).map_err(js_err)?;
+        self.images.push(Some(prepared));
+        Ok((self.images.len() - 1) as u32)
+    }
+
+    #[wasm_bindgen(js_name = releaseImage)]
+    pub fn release_image(&mut self, handle: u32) {
+        if let Some(slot) = self.images.get_mut(handle as usize) {
+            *slot = None;
+        }
+    }
+
+    fn image(&self, handle: u32) -> Result<&PreparedImage, JsError> {
+        self.images
+            .get(handle as usize)
+            .and_then(|i| i.as_ref())
+            .ok_or_else(|| JsError::new(&format!("no prepared image {handle}")))
+    }
+
+    /// `{text, ids, new_tokens}`; `onText(textSoFar)` after every token (return false to stop).
+    pub async fn caption(
+        &self,
+        handle: u32,
+        opts: JsValue,
+        on_text: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        let (g, prompt) = options(&self.pipeline, &opts)?;
+        let mut cb = stream_to(on_text);
+        let out = self
+            .pipeline
+            .caption(self.image(handle)?, prompt.as_deref(), &g, &mut cb)
+            .await
+            .map_err(js_err)?;
+        serde_wasm_bindgen::to_value(&out).map_err(js_err)
+    }
+
+    /// The answer to `question` about the image.
+    pub async fn ask(
+        &self,
+        handle: u32,
+        question: String,
+        opts: JsValue,
+        on_text: Option<Function>,
+    ) -> Result<JsValue, JsError> {
+        let (g, _) = options(&self.pipeline, &opts)?;
+        let mut cb = stream_to(on_text);
+        let out = self
+            .pipeline
+            .ask(self.image(handle)?, &question, &g, &mut cb)
+            .await
+            .map_err(js_err)?;
+        serde_wasm_bindgen::to_value(&out).map_err(js_err)
+    }
+
+    /// Probability of each text for the image (CLIP).
+    #[wasm_bindgen(js_name = matchTexts)]
+    pub async fn match_texts(&self, handle: u32, texts: Vec<String>) -> Result<Vec<f32>, JsError> {
+        self.pipeline
+            .match_texts(self.image(handle)?, &texts)
+            .await
+            .map_err(js_err)
+    }
+}
+
+fn stream_to(f: Option<Function>) -> impl FnMut(&str) -> bool {
+    move |text: &str| match &f {
+        Some(f) => {
+            !matches!(f.call1(&JsValue::NULL, &JsValue::from_str(text)), Ok(v) if v == JsValue::FALSE)
+        }
+        None => true,
+    }
 }

@@ -5,114 +5,17 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { chromium } from 'playwright-core';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = process.env.GLIMPSE_BIN ?? join(ROOT, 'target/debug/glimpse');
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-const SCREENSHOTS = join(ROOT, 'out/screenshots');
-const SEED = 1;
+import { ROOT, BIN, SCREENSHOTS, SEED, BASE_ARGS, WEBGPU_ARGS, TRAP, launch, newPage, blankPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
 
-const BASE_ARGS = [
-  '--no-sandbox',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--enable-features=Vulkan',
-];
-// --enable-unsafe-webgpu is the flag that matters on Linux; SwiftShader is Chromium's CPU
-// implementation of the GPU, so this runs the real WGSL kernels without a GPU.
-const WEBGPU_ARGS = [...BASE_ARGS, '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader'];
-
-// A wasm trap or Rust panic must never pass as an ordinary error message.
-const TRAP = /unreachable|panicked|RuntimeError|memory access out of bounds/i;
-
-let server; // the `glimpse serve` child process
 let base; // http://127.0.0.1:PORT
 let reference; // {case: [values]} from `glimpse cases --device cpu`
 let tmp;
-const browsers = [];
-
-for (const [what, path] of [['glimpse binary', BIN], ['wasm package', join(ROOT, 'pkg/glimpse_bg.wasm')], ['Chromium', CHROMIUM]]) {
-  if (!existsSync(path)) throw new Error(`${what} not found at ${path}: build it first (see docs/browser.md)`);
-}
-
-/** Starts `glimpse serve` on a free port; resolves to its base URL once it prints the serving line. */
-function startServer() {
-  return new Promise((resolvePromise, reject) => {
-    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT], { stdio: ['ignore', 'pipe', 'pipe'] });
-    server = child;
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => reject(new Error(`glimpse serve printed no serving line in 30 s\nstdout: ${stdout}\nstderr: ${stderr}`)), 30_000);
-    child.stdout.on('data', (d) => {
-      stdout += d;
-      const m = stdout.match(/glimpse is serving (http:\/\/127\.0\.0\.1:\d+)\//);
-      if (m) {
-        clearTimeout(timer);
-        resolvePromise(m[1]);
-      }
-    });
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`glimpse serve exited (code ${code}, signal ${signal})\nstderr: ${stderr}`));
-    });
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-  });
-}
-
-async function launch(args) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args });
-  browsers.push(browser);
-  return browser;
-}
-
-/**
- * A new page that records console errors and uncaught page errors. `allowConsole` matches
- * console errors that a test expects (e.g. the browser's own note that it has no adapter);
- * anything that looks like a trap or panic is never allowed.
- */
-async function newPage(browser, { viewport = { width: 1280, height: 900 }, allowConsole = null } = {}) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const text = msg.text();
-    if (allowConsole && allowConsole.test(text) && !TRAP.test(text)) return;
-    problems.push(`console.error: ${text}`);
-  });
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('crash', () => problems.push('the page crashed'));
-  return { page, problems, context };
-}
-
-/** Opens an empty document on the server's origin (a secure context), for page.evaluate. */
-async function blankPage(browser, opts) {
-  const p = await newPage(browser, opts);
-  const url = `${base}/__glimpse_test_blank__`;
-  await p.page.route(url, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>blank</title>' }));
-  await p.page.goto(url);
-  return p;
-}
-
-function assertNoProblems(problems) {
-  assert.deepEqual(problems, [], `unexpected errors in the page:\n${problems.join('\n')}`);
-}
 
 /** Waits until the page's self-check is no longer running; returns its state and the visible text. */
 async function waitForSelfcheck(page, timeout = 120_000) {
@@ -144,11 +47,7 @@ before(async () => {
 });
 
 after(async () => {
-  for (const b of browsers) await b.close().catch(() => {});
-  if (server && server.exitCode === null) {
-    server.removeAllListeners('exit');
-    server.kill('SIGTERM');
-  }
+  await stopAll();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
