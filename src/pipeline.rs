@@ -10,6 +10,9 @@ use crate::io::tokenizer::Tokenizer;
 use crate::io::{Vb, Weights};
 use crate::models::clip::{logits_per_image, Clip, ClipConfig};
 use crate::models::git::{Git, GitConfig, ImagePrefix};
+use crate::models::vision_encoder_decoder::{
+    EncodedImage, VisionEncoderDecoder, VisionEncoderDecoderConfig,
+};
 use crate::tensor::{DType, Device, Tensor};
 
 /// The files of a Hugging Face model folder, as bytes (from disk, URLs or a file picker).
@@ -86,12 +89,14 @@ pub enum Task {
 enum Model {
     Git(Box<Git>),
     Clip(Box<Clip>),
+    VisionEncoderDecoder(Box<VisionEncoderDecoder>),
 }
 
 /// An image ready for requests: its pixels encoded once.
 pub enum PreparedImage {
     Git(ImagePrefix),
     Clip(Tensor),
+    VisionEncoderDecoder(EncodedImage),
 }
 
 /// Generated text with its ids (prompt included, as transformers returns them).
@@ -120,9 +125,13 @@ impl Pipeline {
         let model = match arch.as_str() {
             "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(&vb, &parse::<GitConfig>("config.json", &files.config)?)?)),
             "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(&vb, &parse::<ClipConfig>("config.json", &files.config)?)?)),
+            "VisionEncoderDecoderModel" | "vision-encoder-decoder" => Model::VisionEncoderDecoder(Box::new(VisionEncoderDecoder::new(
+                &vb,
+                &parse::<VisionEncoderDecoderConfig>("config.json", &files.config)?,
+            )?)),
             other => {
                 return Err(Error::Config(format!(
-                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, CLIPModel)"
+                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, VisionEncoderDecoderModel, CLIPModel)"
                 )))
             }
         };
@@ -146,7 +155,7 @@ impl Pipeline {
 
     pub fn task(&self) -> Task {
         match self.model {
-            Model::Git(_) => Task::Caption,
+            Model::Git(_) | Model::VisionEncoderDecoder(_) => Task::Caption,
             Model::Clip(_) => Task::Match,
         }
     }
@@ -154,8 +163,12 @@ impl Pipeline {
     /// Generation options from generation_config.json (and the model's special tokens).
     pub fn default_options(&self) -> GenerateOptions {
         let mut opts = GenerateOptions::from_config(&self.generation);
-        if let (true, Model::Git(g)) = (opts.eos_token_ids.is_empty(), &self.model) {
-            opts.eos_token_ids.extend(g.cfg.eos_token_id);
+        if opts.eos_token_ids.is_empty() {
+            match &self.model {
+                Model::Git(g) => opts.eos_token_ids.extend(g.cfg.eos_token_id),
+                Model::VisionEncoderDecoder(m) => opts.eos_token_ids.extend(m.cfg.eos_token_id),
+                Model::Clip(_) => {}
+            }
         }
         opts
     }
@@ -172,30 +185,39 @@ impl Pipeline {
                 ))
             }
             Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(&pixels)?)),
+            Model::VisionEncoderDecoder(m) => Ok(PreparedImage::VisionEncoderDecoder(
+                m.encode_image(&pixels)?,
+            )),
         }
     }
 
-    fn git(&self) -> Result<&Git> {
-        match &self.model {
-            Model::Git(g) => Ok(g),
-            Model::Clip(_) => Err(Error::Invalid(format!(
-                "{} matches images with texts; it does not generate text",
-                self.architecture
-            ))),
-        }
+    /// The first token of a caption: BOS for GIT, decoder_start_token_id for encoder-decoders.
+    fn start_token(&self) -> Result<u32> {
+        let g = &self.generation;
+        let id = match &self.model {
+            Model::Git(m) => g.bos_token_id.or(m.cfg.bos_token_id),
+            Model::VisionEncoderDecoder(m) => g
+                .decoder_start_token_id
+                .or(m.cfg.decoder_start_token_id)
+                .or(g.bos_token_id),
+            Model::Clip(_) => return Err(self.not_generative()),
+        };
+        id.ok_or_else(|| {
+            Error::Config(
+                "no bos_token_id / decoder_start_token_id in generation_config.json or config.json"
+                    .into(),
+            )
+        })
     }
 
-    fn bos(&self) -> Result<u32> {
-        let g = self.git()?;
-        self.generation
-            .bos_token_id
-            .or(g.cfg.bos_token_id)
-            .ok_or_else(|| {
-                Error::Config("no bos_token_id in generation_config.json or config.json".into())
-            })
+    fn not_generative(&self) -> Error {
+        Error::Invalid(format!(
+            "{} matches images with texts; it does not generate text",
+            self.architecture
+        ))
     }
 
-    /// A caption, optionally continuing `prompt` (GIT's conditional captioning). `on_text`
+    /// A caption, optionally continuing `prompt` (conditional captioning). `on_text`
     /// receives the caption so far after each token; returning false cancels.
     pub async fn caption(
         &self,
@@ -204,7 +226,7 @@ impl Pipeline {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
-        let mut ids = vec![self.bos()?];
+        let mut ids = vec![self.start_token()?];
         if let Some(p) = prompt {
             ids.extend(self.tokenizer.encode(p, false)?);
         }
@@ -219,10 +241,16 @@ impl Pipeline {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
+        if !matches!(self.model, Model::Git(_)) {
+            return Err(Error::Invalid(format!(
+                "{} captions images; it does not answer questions (use a GIT VQA model)",
+                self.architecture
+            )));
+        }
         if question.trim().is_empty() {
             return Err(Error::Invalid("the question is empty".into()));
         }
-        let mut ids = vec![self.bos()?];
+        let mut ids = vec![self.start_token()?];
         ids.extend(self.tokenizer.encode(question, false)?);
         self.run(image, ids, opts, on_text).await
     }
@@ -234,13 +262,11 @@ impl Pipeline {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
-        let g = self.git()?;
-        let PreparedImage::Git(prefix) = image else {
-            return Err(Error::Invalid(
-                "this image was prepared for another model".into(),
-            ));
+        let room = match &self.model {
+            Model::Git(g) => g.cfg.max_position_embeddings,
+            Model::VisionEncoderDecoder(m) => m.max_positions(),
+            Model::Clip(_) => return Err(self.not_generative()),
         };
-        let room = g.cfg.max_position_embeddings;
         if prompt.len() + opts.max_new_tokens > room {
             return Err(Error::Invalid(format!(
                 "the prompt is {} tokens and {} new tokens were asked for; this model holds {room} text positions",
@@ -248,7 +274,6 @@ impl Pipeline {
                 opts.max_new_tokens
             )));
         }
-        let mut dec = g.decoder(prefix)?;
         let mut new_ids: Vec<u32> = Vec::new();
         let tokenizer = &self.tokenizer;
         let eos = opts.eos_token_ids.clone();
@@ -261,7 +286,19 @@ impl Pipeline {
                 Err(_) => true,
             }
         };
-        let ids = generate(&mut dec, &prompt, opts, &mut stream).await?;
+        let ids = match (&self.model, image) {
+            (Model::Git(g), PreparedImage::Git(prefix)) => {
+                generate(&mut g.decoder(prefix)?, &prompt, opts, &mut stream).await?
+            }
+            (Model::VisionEncoderDecoder(m), PreparedImage::VisionEncoderDecoder(enc)) => {
+                generate(&mut m.decoder(enc)?, &prompt, opts, &mut stream).await?
+            }
+            _ => {
+                return Err(Error::Invalid(
+                    "this image was prepared for another model".into(),
+                ))
+            }
+        };
         let answer: Vec<u32> = ids[prompt.len()..]
             .iter()
             .copied()

@@ -44,6 +44,12 @@ fn clip_pixels_match_transformers() {
 }
 
 #[test]
+fn vit_gpt2_pixels_match_transformers() {
+    // bilinear to a fixed size: also the case where Pillow runs its vertical pass first
+    check_model("vit-gpt2");
+}
+
+#[test]
 fn broken_images_are_clear_errors() {
     let err = decode(&[]).unwrap_err().to_string();
     assert!(err.contains("empty"), "{err}");

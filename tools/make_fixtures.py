@@ -22,7 +22,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 import transformers
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, GitConfig, GitForCausalLM,
-                          GenerationConfig, PreTrainedTokenizerFast)
+                          GenerationConfig, GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessor,
+                          VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
 
@@ -87,6 +88,17 @@ def clip_tokenizer():
     bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+    return tok
+
+
+def gpt2_tokenizer():
+    """GPT-2-style byte-level BPE with <|endoftext|> as BOS, EOS and padding."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
     return tok
 
 
@@ -191,15 +203,55 @@ def make_clip(images):
         json.dump(ref, f)
 
 
+def make_vit_gpt2(images):
+    d = os.path.join(ROOT, "vit-gpt2")
+    os.makedirs(d, exist_ok=True)
+    tok = gpt2_tokenizer()
+    save_tokenizer(tok, d, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                   unk_token="<|endoftext|>")
+    eos = tok.token_to_id("<|endoftext|>")
+    torch.manual_seed(2)
+    enc = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                    patch_size=8, initializer_range=0.2)
+    dec = GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                     initializer_range=0.2, bos_token_id=eos, eos_token_id=eos, add_cross_attention=True,
+                     is_decoder=True)
+    config = VisionEncoderDecoderConfig(encoder=enc.to_dict(), decoder=dec.to_dict())
+    config.decoder_start_token_id = eos
+    config.pad_token_id = eos
+    config.eos_token_id = eos
+    model = VisionEncoderDecoderModel(config).eval()
+    model.save_pretrained(d)
+    GenerationConfig(decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                     max_new_tokens=10).save_pretrained(d)
+    proc = ViTImageProcessor(size={"height": 32, "width": 32}, resample=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                             do_convert_rgb=True)
+    proc.save_pretrained(d)
+    ref = {"images": {}}
+    for name, img in images.items():
+        pixels = proc(images=img, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            greedy = model.generate(pixel_values=pixels, max_new_tokens=10, do_sample=False)
+            beam = model.generate(pixel_values=pixels, max_new_tokens=10, num_beams=3, do_sample=False,
+                                  early_stopping=True)
+            logits = model(pixel_values=pixels, decoder_input_ids=greedy).logits[0]
+        ref["images"][name] = {"pixel_values": tolist(pixels[0]), "greedy_ids": greedy[0].tolist(),
+                               "beam_ids": beam[0].tolist(), "text_logits": tolist(logits[:3])}
+    with open(os.path.join(d, "reference.json"), "w") as f:
+        json.dump(ref, f)
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     images = rng_images()
     save_images(images)
-    which = sys.argv[1:] or ["git", "clip"]
+    which = sys.argv[1:] or ["git", "clip", "vit-gpt2"]
     if "git" in which:
         make_git(images)
     if "clip" in which:
         make_clip(images)
+    if "vit-gpt2" in which:
+        make_vit_gpt2(images)
     with open(os.path.join(ROOT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "transformers": transformers.__version__}, f, indent=2)
 

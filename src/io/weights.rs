@@ -208,3 +208,47 @@ pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
         ))),
     }
 }
+
+impl Vb<'_> {
+    /// A GPT-2 `Conv1D` of `parts` equal outputs (c_attn: q, k, v) as separate Linears:
+    /// weight `[in, parts·out]`, bias `[parts·out]`.
+    pub fn conv1d_split(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        parts: usize,
+    ) -> Result<Vec<crate::nn::Linear>> {
+        let (full, w) = self.values("weight", &[in_dim, parts * out_dim])?;
+        let (_, b) = self.values("bias", &[parts * out_dim])?;
+        let dtype = match self.linear_dtype {
+            d if d.is_quantized() && in_dim % 32 == 0 => d,
+            d if d.is_quantized() => DType::F16,
+            d => d,
+        };
+        (0..parts)
+            .map(|p| {
+                // rows of the transposed weight for part p: [out, in]
+                let mut t = vec![0f32; out_dim * in_dim];
+                for i in 0..in_dim {
+                    for o in 0..out_dim {
+                        t[o * in_dim + i] = w[i * parts * out_dim + p * out_dim + o];
+                    }
+                }
+                Ok(crate::nn::Linear {
+                    weight: Tensor::weight(
+                        &format!("{full}[{p}]"),
+                        &t,
+                        &[out_dim, in_dim],
+                        dtype,
+                        &self.device,
+                    )?,
+                    bias: Some(Tensor::from_f32(
+                        &b[p * out_dim..(p + 1) * out_dim],
+                        &[out_dim],
+                        &self.device,
+                    )?),
+                })
+            })
+            .collect()
+    }
+}

@@ -3,3 +3,6 @@
 pub mod clip;
 pub mod clip_vision;
 pub mod git;
+pub mod gpt2;
+pub mod vision_encoder_decoder;
+pub mod vit;

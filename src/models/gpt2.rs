@@ -1,0 +1,281 @@
+//! The GPT-2 decoder (`GPT2LMHeadModel`) with optional cross-attention over encoder states, as
+//! VisionEncoderDecoder uses it. `Conv1D` weights (`[in, out]`) are transposed into Linears while
+//! loading, and `c_attn` is split into q, k, v.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::io::config::Activation;
+use crate::io::Vb;
+use crate::nn::{activation, merge_heads, split_heads, KvCache, LayerNorm, Linear};
+use crate::tensor::{AttentionOpts, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "gelu_new")]
+    pub activation_function: Activation,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default)]
+    pub add_cross_attention: bool,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+}
+
+fn gelu_new() -> Activation {
+    Activation::GeluTanh
+}
+fn ln_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+struct Block {
+    ln_1: LayerNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    c_proj: Linear,
+    cross: Option<(LayerNorm, Linear, Linear, Linear, Linear)>,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    mlp_proj: Linear,
+    heads: usize,
+    act: Activation,
+    scale: f32,
+}
+
+/// Keys and values of the encoder states for one layer's cross-attention, computed once.
+pub struct CrossKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl Block {
+    fn new(vb: &Vb, c: &Gpt2Config) -> Result<Block> {
+        let d = c.n_embd;
+        let inner = c.n_inner.unwrap_or(4 * d);
+        let mut qkv = vb
+            .pp("attn")
+            .pp("c_attn")
+            .conv1d_split(d, d, 3)?
+            .into_iter();
+        let mut next = || {
+            qkv.next()
+                .ok_or_else(|| Error::Weights("c_attn split".into()))
+        };
+        let (q, k, v) = (next()?, next()?, next()?);
+        let cross = if c.add_cross_attention {
+            let ca = vb.pp("crossattention");
+            let mut kv = ca.pp("c_attn").conv1d_split(d, d, 2)?.into_iter();
+            let ck = kv
+                .next()
+                .ok_or_else(|| Error::Weights("crossattention.c_attn split".into()))?;
+            let cv = kv
+                .next()
+                .ok_or_else(|| Error::Weights("crossattention.c_attn split".into()))?;
+            let cq = ca.pp("q_attn").conv1d_split(d, d, 1)?.remove(0);
+            let cp = ca.pp("c_proj").conv1d_split(d, d, 1)?.remove(0);
+            Some((
+                LayerNorm::new(&vb.pp("ln_cross_attn"), d, c.layer_norm_epsilon)?,
+                cq,
+                ck,
+                cv,
+                cp,
+            ))
+        } else {
+            None
+        };
+        let head_dim = d / c.n_head;
+        Ok(Block {
+            ln_1: LayerNorm::new(&vb.pp("ln_1"), d, c.layer_norm_epsilon)?,
+            q,
+            k,
+            v,
+            c_proj: vb.pp("attn").pp("c_proj").conv1d_split(d, d, 1)?.remove(0),
+            cross,
+            ln_2: LayerNorm::new(&vb.pp("ln_2"), d, c.layer_norm_epsilon)?,
+            c_fc: vb.pp("mlp").pp("c_fc").conv1d_split(d, inner, 1)?.remove(0),
+            mlp_proj: vb
+                .pp("mlp")
+                .pp("c_proj")
+                .conv1d_split(inner, d, 1)?
+                .remove(0),
+            heads: c.n_head,
+            act: c.activation_function,
+            scale: if c.scale_attn_weights {
+                1.0 / (head_dim as f32).sqrt()
+            } else {
+                1.0
+            },
+        })
+    }
+
+    fn cross_kv(&self, enc: &Tensor) -> Result<Option<CrossKv>> {
+        let Some((_, _, ck, cv, _)) = &self.cross else {
+            return Ok(None);
+        };
+        // (B, Ne, D) -> (B, H, Ne, Dh)
+        Ok(Some(CrossKv {
+            k: split_heads(&ck.forward(enc)?, self.heads)?,
+            v: split_heads(&cv.forward(enc)?, self.heads)?,
+        }))
+    }
+
+    fn forward(&self, x: &Tensor, cache: &mut KvCache, cross: Option<&CrossKv>) -> Result<Tensor> {
+        let h = self.ln_1.forward(x)?;
+        // (B, T, D) -> (B, H, T, Dh)
+        let q = split_heads(&self.q.forward(&h)?, self.heads)?;
+        cache.append(
+            &split_heads(&self.k.forward(&h)?, self.heads)?,
+            &split_heads(&self.v.forward(&h)?, self.heads)?,
+        )?;
+        let opts = AttentionOpts {
+            scale: self.scale,
+            causal: true,
+            mask: None,
+            kv_len: Some(cache.len),
+        };
+        let a = Tensor::attention(&q, &cache.k, &cache.v, &opts)?;
+        let mut x = x.add(&self.c_proj.forward(&merge_heads(&a)?)?)?;
+        if let (Some((ln, cq, _, _, cp)), Some(kv)) = (&self.cross, cross) {
+            let q = split_heads(&cq.forward(&ln.forward(&x)?)?, self.heads)?;
+            let a = Tensor::attention(
+                &q,
+                &kv.k,
+                &kv.v,
+                &AttentionOpts {
+                    scale: self.scale,
+                    ..Default::default()
+                },
+            )?;
+            x = x.add(&cp.forward(&merge_heads(&a)?)?)?;
+        }
+        let m = self.mlp_proj.forward(&activation(
+            &self.c_fc.forward(&self.ln_2.forward(&x)?)?,
+            self.act,
+        )?)?;
+        x.add(&m)
+    }
+}
+
+pub struct Gpt2 {
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    lm_head: Linear,
+    pub cfg: Gpt2Config,
+}
+
+impl Gpt2 {
+    /// `vb` at the `GPT2LMHeadModel` (holding `transformer.*` and maybe `lm_head`).
+    pub fn new(vb: &Vb, cfg: &Gpt2Config) -> Result<Gpt2> {
+        let (d, v) = (cfg.n_embd, cfg.vocab_size);
+        let t = vb.pp("transformer");
+        let wte = t.get("wte.weight", &[v, d])?;
+        // lm_head is tied to wte unless the checkpoint has its own
+        let lm_head = if vb.contains("lm_head.weight") {
+            Linear::no_bias(&vb.pp("lm_head"), d, v)?
+        } else {
+            Linear::no_bias(&t.pp("wte"), d, v)?
+        };
+        Ok(Gpt2 {
+            wte,
+            wpe: t.get("wpe.weight", &[cfg.n_positions, d])?,
+            blocks: (0..cfg.n_layer)
+                .map(|i| Block::new(&t.pp("h").pp(i), cfg))
+                .collect::<Result<_>>()?,
+            ln_f: LayerNorm::new(&t.pp("ln_f"), d, cfg.layer_norm_epsilon)?,
+            lm_head,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Cross-attention keys and values of the encoder states, one entry per layer.
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<Option<CrossKv>>> {
+        self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
+    }
+
+    pub fn cfg_device(&self) -> crate::Device {
+        self.wte.device()
+    }
+
+    pub fn new_caches(&self, batch: usize, device: &crate::Device) -> Result<Vec<KvCache>> {
+        let dh = self.cfg.n_embd / self.cfg.n_head;
+        self.blocks
+            .iter()
+            .map(|_| KvCache::new(batch, self.cfg.n_head, self.cfg.n_positions, dh, device))
+            .collect()
+    }
+
+    /// Logits `[B, T, V]` of `ids [B][T]` at positions `start..`, appending to `caches`.
+    pub fn forward(
+        &self,
+        ids: &[Vec<u32>],
+        start: usize,
+        caches: &mut [KvCache],
+        cross: &[Option<CrossKv>],
+    ) -> Result<Tensor> {
+        let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
+        if start + t > self.cfg.n_positions {
+            return Err(Error::Invalid(format!(
+                "the text is {} tokens long; this decoder's n_positions is {}",
+                start + t,
+                self.cfg.n_positions
+            )));
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        let device = self.wte.device();
+        let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
+        // (B, T, D) + (T, D)
+        let mut x = self
+            .wte
+            .embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?
+            .add(
+                &self
+                    .wpe
+                    .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?,
+            )?;
+        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross) {
+            x = block.forward(&x, cache, kv.as_ref())?;
+        }
+        self.lm_head.forward(&self.ln_f.forward(&x)?)
+    }
+}
+
+impl CrossKv {
+    pub fn batch(&self) -> usize {
+        self.k.dim(0)
+    }
+
+    /// Rows `rows` of the batch (beam search).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<CrossKv> {
+        let pick = |t: &Tensor| -> Result<Tensor> {
+            let parts = rows
+                .iter()
+                .map(|&r| t.narrow(0, r, 1))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+        };
+        Ok(CrossKv {
+            k: pick(&self.k)?,
+            v: pick(&self.v)?,
+        })
+    }
+}

@@ -1,0 +1,159 @@
+//! `VisionEncoderDecoderModel` with a ViT encoder and a GPT-2 decoder (e.g. vit-gpt2 image
+//! captioning). The encoder runs once per image; its states become each decoder layer's
+//! cross-attention keys and values, reused for every caption of that image.
+
+use serde::Deserialize;
+
+use super::gpt2::{CrossKv, Gpt2, Gpt2Config};
+use super::vit::{Vit, VitConfig};
+use crate::error::{Error, Result};
+use crate::generate::Decoder;
+use crate::io::Vb;
+use crate::nn::{KvCache, Linear};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionEncoderDecoderConfig {
+    pub encoder: serde_json::Value,
+    pub decoder: serde_json::Value,
+    pub decoder_start_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+pub struct VisionEncoderDecoder {
+    encoder: Vit,
+    enc_to_dec_proj: Option<Linear>,
+    decoder: Gpt2,
+    pub cfg: VisionEncoderDecoderConfig,
+}
+
+/// An encoded image: the decoder's cross-attention keys and values.
+pub struct EncodedImage {
+    cross: Vec<Option<CrossKv>>,
+}
+
+impl VisionEncoderDecoder {
+    pub fn new(vb: &Vb, cfg: &VisionEncoderDecoderConfig) -> Result<Self> {
+        let kind = |v: &serde_json::Value| {
+            v.get("model_type")
+                .and_then(|m| m.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (ek, dk) = (kind(&cfg.encoder), kind(&cfg.decoder));
+        if ek != "vit" || dk != "gpt2" {
+            return Err(Error::Config(format!(
+                "config.json: VisionEncoderDecoder with encoder {ek:?} and decoder {dk:?} is not supported (vit + gpt2 is)"
+            )));
+        }
+        let enc_cfg: VitConfig = serde_json::from_value(cfg.encoder.clone())
+            .map_err(|e| Error::Config(format!("config.json encoder: {e}")))?;
+        let dec_cfg: Gpt2Config = serde_json::from_value(cfg.decoder.clone())
+            .map_err(|e| Error::Config(format!("config.json decoder: {e}")))?;
+        if !dec_cfg.add_cross_attention {
+            return Err(Error::Config(
+                "config.json decoder: add_cross_attention must be true".into(),
+            ));
+        }
+        let enc_to_dec_proj = if enc_cfg.hidden_size != dec_cfg.n_embd {
+            Some(Linear::new(
+                &vb.pp("enc_to_dec_proj"),
+                enc_cfg.hidden_size,
+                dec_cfg.n_embd,
+            )?)
+        } else {
+            None
+        };
+        Ok(VisionEncoderDecoder {
+            encoder: Vit::new(&vb.pp("encoder"), &enc_cfg)?,
+            enc_to_dec_proj,
+            decoder: Gpt2::new(&vb.pp("decoder"), &dec_cfg)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<EncodedImage> {
+        let mut states = self.encoder.forward(pixels)?;
+        if let Some(p) = &self.enc_to_dec_proj {
+            states = p.forward(&states)?;
+        }
+        Ok(EncodedImage {
+            cross: self.decoder.cross_kv(&states)?,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.decoder.cfg.n_positions
+    }
+
+    pub fn decoder<'a>(&'a self, image: &'a EncodedImage) -> Result<VedDecoder<'a>> {
+        let device = self.decoder_device();
+        Ok(VedDecoder {
+            model: self,
+            caches: self.decoder.new_caches(1, &device)?,
+            cross: None,
+            image,
+            pos: 0,
+        })
+    }
+
+    fn decoder_device(&self) -> crate::Device {
+        self.decoder.cfg_device()
+    }
+}
+
+/// Generation state: self-attention caches, and the cross keys/values (per beam once reordered).
+pub struct VedDecoder<'a> {
+    model: &'a VisionEncoderDecoder,
+    caches: Vec<KvCache>,
+    /// Set once beams are reordered; until then the image's own (batch 1) entries serve.
+    cross: Option<Vec<Option<CrossKv>>>,
+    image: &'a EncodedImage,
+    pos: usize,
+}
+
+impl VedDecoder<'_> {
+    /// Logits `[B, T, V]` of every new position.
+    pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let cross = self.cross.as_deref().unwrap_or(&self.image.cross);
+        let logits = self
+            .model
+            .decoder
+            .forward(ids, self.pos, &mut self.caches, cross)?;
+        self.pos += ids.first().map_or(0, |r| r.len());
+        Ok(logits)
+    }
+}
+
+impl Decoder for VedDecoder<'_> {
+    fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let logits = self.forward_all(ids)?;
+        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
+        logits.narrow(1, t - 1, 1)?.reshape(&[b, v])
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        self.caches = self
+            .caches
+            .iter()
+            .map(|c| c.select_rows(rows))
+            .collect::<Result<_>>()?;
+        // every row attends to the same image, so the cross entries only follow the batch size
+        let have = self
+            .cross
+            .as_ref()
+            .map_or(1, |c| c.iter().flatten().next().map_or(1, |kv| kv.batch()));
+        if have != rows.len() {
+            let ones = vec![0; rows.len()];
+            self.cross = Some(
+                self.image
+                    .cross
+                    .iter()
+                    .map(|c| c.as_ref().map(|kv| kv.select_rows(&ones)).transpose())
+                    .collect::<Result<_>>()?,
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The ViT encoder (`ViTModel`): patch embedding with bias, class token, learned positions,
+//! pre-LN layers (`layernorm_before` / `layernorm_after`), a final LayerNorm.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::io::config::Activation;
+use crate::io::Vb;
+use crate::nn::{activation, merge_heads, split_heads, LayerNorm, Linear};
+use crate::tensor::{AttentionOpts, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    #[serde(default = "three")]
+    pub num_channels: usize,
+    #[serde(default = "ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "gelu")]
+    pub hidden_act: Activation,
+    #[serde(default = "yes")]
+    pub qkv_bias: bool,
+}
+
+fn three() -> usize {
+    3
+}
+fn ln_eps() -> f64 {
+    1e-12
+}
+fn gelu() -> Activation {
+    Activation::Gelu
+}
+fn yes() -> bool {
+    true
+}
+
+struct VitLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    intermediate: Linear,
+    output: Linear,
+    ln_before: LayerNorm,
+    ln_after: LayerNorm,
+    heads: usize,
+    act: Activation,
+}
+
+impl VitLayer {
+    fn new(vb: &Vb, c: &VitConfig) -> Result<VitLayer> {
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        let att = vb.pp("attention").pp("attention");
+        let lin = |v: &Vb, a, b| {
+            if c.qkv_bias {
+                Linear::new(v, a, b)
+            } else {
+                Linear::no_bias(v, a, b)
+            }
+        };
+        Ok(VitLayer {
+            query: lin(&att.pp("query"), d, d)?,
+            key: lin(&att.pp("key"), d, d)?,
+            value: lin(&att.pp("value"), d, d)?,
+            attn_out: Linear::new(&vb.pp("attention").pp("output").pp("dense"), d, d)?,
+            intermediate: Linear::new(&vb.pp("intermediate").pp("dense"), d, i)?,
+            output: Linear::new(&vb.pp("output").pp("dense"), i, d)?,
+            ln_before: LayerNorm::new(&vb.pp("layernorm_before"), d, c.layer_norm_eps)?,
+            ln_after: LayerNorm::new(&vb.pp("layernorm_after"), d, c.layer_norm_eps)?,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.ln_before.forward(x)?;
+        // (B, T, D) -> (B, H, T, Dh)
+        let q = split_heads(&self.query.forward(&h)?, self.heads)?;
+        let k = split_heads(&self.key.forward(&h)?, self.heads)?;
+        let v = split_heads(&self.value.forward(&h)?, self.heads)?;
+        let scale = 1.0 / (q.dim(3) as f32).sqrt();
+        let a = Tensor::attention(
+            &q,
+            &k,
+            &v,
+            &AttentionOpts {
+                scale,
+                ..Default::default()
+            },
+        )?;
+        let x = x.add(&self.attn_out.forward(&merge_heads(&a)?)?)?;
+        let h = activation(
+            &self.intermediate.forward(&self.ln_after.forward(&x)?)?,
+            self.act,
+        )?;
+        x.add(&self.output.forward(&h)?)
+    }
+}
+
+pub struct Vit {
+    cls_token: Tensor,
+    position_embeddings: Tensor,
+    patch_weight: Tensor,
+    patch_bias: Tensor,
+    layers: Vec<VitLayer>,
+    layernorm: LayerNorm,
+    cfg: VitConfig,
+}
+
+impl Vit {
+    pub fn new(vb: &Vb, cfg: &VitConfig) -> Result<Vit> {
+        let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
+        if cfg.image_size % p != 0 {
+            return Err(Error::Config(format!(
+                "encoder: image_size {} is not a multiple of patch_size {p}",
+                cfg.image_size
+            )));
+        }
+        let n = (cfg.image_size / p).pow(2);
+        let emb = vb.pp("embeddings");
+        let proj = emb.pp("patch_embeddings").pp("projection");
+        Ok(Vit {
+            cls_token: emb.get("cls_token", &[1, 1, d])?,
+            position_embeddings: emb.get("position_embeddings", &[1, n + 1, d])?,
+            // the conv weight [D, C, P, P] is a Linear over flattened patches [D, C·P·P]
+            patch_weight: proj.get_linear_weight_as("weight", &[d, c, p, p], &[d, c * p * p])?,
+            patch_bias: proj.get("bias", &[d])?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| VitLayer::new(&vb.pp("encoder").pp("layer").pp(i), cfg))
+                .collect::<Result<_>>()?,
+            layernorm: LayerNorm::new(&vb.pp("layernorm"), d, cfg.layer_norm_eps)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `pixels [B, C, H, W]` -> `[B, 1 + N, D]` (after the final LayerNorm).
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let s = self.cfg.image_size;
+        if pixels.rank() != 4
+            || pixels.dim(1) != self.cfg.num_channels
+            || pixels.dim(2) != s
+            || pixels.dim(3) != s
+        {
+            return Err(Error::shape(
+                "vit",
+                format!(
+                    "pixels {:?} should be [B, {}, {s}, {s}]",
+                    pixels.shape(),
+                    self.cfg.num_channels
+                ),
+            ));
+        }
+        let b = pixels.dim(0);
+        // (B, C, H, W) -> (B, N, D)
+        let patches = pixels.patch_embed(
+            &self.patch_weight,
+            Some(&self.patch_bias),
+            self.cfg.patch_size,
+        )?;
+        let cls: Vec<&Tensor> = (0..b).map(|_| &self.cls_token).collect();
+        let mut x =
+            Tensor::cat(&[&Tensor::cat(&cls, 0)?, &patches], 1)?.add(&self.position_embeddings)?;
+        for layer in &self.layers {
+            x = layer.forward(&x)?;
+        }
+        self.layernorm.forward(&x)
+    }
+}
