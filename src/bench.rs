@@ -175,3 +175,184 @@ pub fn format_table(rows: &[BenchRow]) -> String {
     }
     s
 }
+
+/// One line of `glimpse bench model`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelBenchRow {
+    pub arch: String,
+    pub size: String,
+    pub dtype: String,
+    pub device: String,
+    pub params_m: f64,
+    pub load_ms: f64,
+    /// pixels -> what the decoder attends to (GIT: image prefix; ViT-GPT2: cross K/V; CLIP: embedding)
+    pub image_encode_ms: f64,
+    /// prompt prefill up to the first generated token (0 for CLIP)
+    pub first_token_ms: f64,
+    /// decode steps after the first token (0 for CLIP)
+    pub tokens_per_s: f64,
+}
+
+/// config.json of a real model's shape (random weights): "base" follows microsoft/git-base,
+/// nlpconnect/vit-gpt2-image-captioning and openai/clip-vit-base-patch32; "tiny" the fixtures.
+pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let base = size == "base";
+    let vit = |patch: usize| {
+        if base {
+            json!({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 224, "patch_size": patch})
+        } else {
+            json!({"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8})
+        }
+    };
+    let v = match arch {
+        "git" => {
+            let (d, l, i, v) = if base { (768, 6, 3072, 30522) } else { (32, 2, 64, 120) };
+            json!({"architectures": ["GitForCausalLM"], "vision_config": vit(16), "vocab_size": v, "hidden_size": d,
+                   "num_hidden_layers": l, "num_attention_heads": if base { 12 } else { 4 }, "intermediate_size": i,
+                   "max_position_embeddings": 1024, "bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0})
+        }
+        "vit-gpt2" => {
+            let (d, l, v) = if base { (768, 12, 50257) } else { (32, 2, 300) };
+            json!({"architectures": ["VisionEncoderDecoderModel"], "encoder": vit(16).as_object().cloned().map(|mut o| { o.insert("model_type".into(), "vit".into()); o }),
+                   "decoder": {"model_type": "gpt2", "vocab_size": v, "n_positions": 1024, "n_embd": d, "n_layer": l, "n_head": if base { 12 } else { 4 }, "add_cross_attention": true},
+                   "decoder_start_token_id": 0, "eos_token_id": 0})
+        }
+        "clip" => {
+            let (d, l, v) = if base { (512, 12, 49408) } else { (32, 2, 390) };
+            json!({"architectures": ["CLIPModel"], "vision_config": vit(32), "projection_dim": if base { 512 } else { 16 },
+                   "text_config": {"vocab_size": v, "hidden_size": d, "intermediate_size": 4 * d, "num_hidden_layers": l,
+                                   "num_attention_heads": if base { 8 } else { 4 }, "max_position_embeddings": 77, "eos_token_id": 2}})
+        }
+        other => return Err(crate::Error::Invalid(format!("unknown architecture {other:?}: git, vit-gpt2 or clip"))),
+    };
+    Ok(v)
+}
+
+/// Loads `arch` at `size` with random weights on `device` and times image encoding, the first
+/// token and the decode steps (greedy, `new_tokens` tokens, no early stop).
+pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, dtype: DType, new_tokens: usize) -> Result<ModelBenchRow> {
+    use crate::generate::{generate, GenerateOptions};
+    use crate::io::{Vb, Weights};
+    use crate::models::{clip, git, vision_encoder_decoder as ved};
+
+    let cfg = model_config(arch, size)?;
+    let parse = |what: &str| crate::Error::Config(format!("bench config for {what}"));
+    let weights = Weights::random(1);
+    let vb = Vb::new(&weights, device, dtype);
+    let mut rng = Rng::new(3);
+    let opts = |n: usize| GenerateOptions {
+        max_new_tokens: n,
+        min_new_tokens: 0,
+        num_beams: 1,
+        length_penalty: 1.0,
+        early_stopping: crate::generate::EarlyStopping::False,
+        do_sample: false,
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+        repetition_penalty: 1.0,
+        no_repeat_ngram_size: 0,
+        eos_token_ids: vec![],
+    };
+    let t0 = now_ms();
+    let mut row = ModelBenchRow {
+        arch: arch.into(),
+        size: size.into(),
+        dtype: dtype.name().into(),
+        device: label.into(),
+        params_m: 0.0,
+        load_ms: 0.0,
+        image_encode_ms: 0.0,
+        first_token_ms: 0.0,
+        tokens_per_s: 0.0,
+    };
+    // (encode, first token, total for new_tokens) in ms, measured after one warm-up round
+    let (encode, first, total) = match arch {
+        "git" => {
+            let c: git::GitConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
+            let m = git::Git::new(&vb, &c)?;
+            device.synchronize().await?;
+            row.load_ms = now_ms() - t0;
+            let s = c.vision_config.image_size;
+            let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
+            let mut times = (0.0, 0.0, 0.0);
+            for _ in 0..2 {
+                let t = now_ms();
+                let prefix = m.image_prefix(&m.encode_image(&px)?, 64)?;
+                device.synchronize().await?;
+                times.0 = now_ms() - t;
+                let t = now_ms();
+                generate(&mut m.decoder(&prefix)?, &[101], &opts(1), &mut |_| true).await?;
+                times.1 = now_ms() - t;
+                let t = now_ms();
+                generate(&mut m.decoder(&prefix)?, &[101], &opts(new_tokens), &mut |_| true).await?;
+                times.2 = now_ms() - t;
+            }
+            times
+        }
+        "vit-gpt2" => {
+            let c: ved::VisionEncoderDecoderConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
+            let m = ved::VisionEncoderDecoder::new(&vb, &c)?;
+            device.synchronize().await?;
+            row.load_ms = now_ms() - t0;
+            let px = Tensor::from_f32(&rng.vec(3 * 224 * 224, -1.0, 1.0), &[1, 3, 224, 224], device);
+            let px = match (px, size) {
+                (_, "tiny") => Tensor::from_f32(&rng.vec(3 * 32 * 32, -1.0, 1.0), &[1, 3, 32, 32], device)?,
+                (p, _) => p?,
+            };
+            let mut times = (0.0, 0.0, 0.0);
+            for _ in 0..2 {
+                let t = now_ms();
+                let enc = m.encode_image(&px)?;
+                device.synchronize().await?;
+                times.0 = now_ms() - t;
+                let t = now_ms();
+                generate(&mut m.decoder(&enc)?, &[0], &opts(1), &mut |_| true).await?;
+                times.1 = now_ms() - t;
+                let t = now_ms();
+                generate(&mut m.decoder(&enc)?, &[0], &opts(new_tokens), &mut |_| true).await?;
+                times.2 = now_ms() - t;
+            }
+            times
+        }
+        "clip" => {
+            let c: clip::ClipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
+            let m = clip::Clip::new(&vb, &c)?;
+            device.synchronize().await?;
+            row.load_ms = now_ms() - t0;
+            let s = c.vision_config.image_size;
+            let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
+            let mut encode = 0.0;
+            for _ in 0..2 {
+                let t = now_ms();
+                m.image_embeds(&px)?.to_vec_f32().await?;
+                encode = now_ms() - t;
+            }
+            (encode, 0.0, 0.0)
+        }
+        other => return Err(crate::Error::Invalid(format!("unknown architecture {other:?}"))),
+    };
+    row.params_m = weights.values_loaded() as f64 / 1e6;
+    row.image_encode_ms = encode;
+    row.first_token_ms = first;
+    if new_tokens > 1 && total > first {
+        row.tokens_per_s = (new_tokens - 1) as f64 / ((total - first) / 1e3);
+    }
+    Ok(row)
+}
+
+pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
+    let mut s = format!(
+        "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9}\n",
+        "arch", "size", "dtype", "device", "params M", "load ms", "image encode ms", "first token ms", "tokens/s"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2}\n",
+            r.arch, r.size, r.dtype, r.device, r.params_m, r.load_ms, r.image_encode_ms, r.first_token_ms, r.tokens_per_s
+        );
+    }
+    s
+}

@@ -213,6 +213,23 @@ fn generate_text(
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// A whole model at a real size with random weights: image encode, first token, tokens/s
+    Model {
+        /// git, vit-gpt2 or clip
+        #[arg(long, default_value = "git")]
+        arch: String,
+        /// base (the real model's shape) or tiny (the test fixtures' shape)
+        #[arg(long, default_value = "base")]
+        size: String,
+        #[arg(long, value_enum, default_value = "all")]
+        device: DeviceArg,
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4_0"])]
+        dtype: String,
+        #[arg(long, default_value_t = 20)]
+        new_tokens: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Prefill GEMM and decode GEMV at base-model shapes, f32 / q8_0 / q4_0
     Kernels {
         #[arg(long, value_enum, default_value = "all")]
@@ -297,6 +314,17 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             print!("{}", bench::format_table(&rows));
+        }
+        Command::Bench { what: BenchWhat::Model { arch, size, device, dtype, new_tokens, json } } => {
+            let mut rows = Vec::new();
+            for (d, label) in devices(device)? {
+                eprintln!("{arch} ({size}) on {label} …");
+                rows.push(pollster::block_on(bench::bench_model(&arch, &size, &d, &label, DType::parse(&dtype)?, new_tokens))?);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+            print!("{}", bench::format_model_table(&rows));
         }
         Command::Selfcheck { seed, json } => {
             let d = gpu()?;

@@ -22,6 +22,11 @@ struct Entry {
 pub struct Weights {
     files: Vec<Vec<u8>>,
     entries: HashMap<String, Entry>,
+    /// Benchmarks of real model sizes without their checkpoints: every tensor the model asks
+    /// for exists, filled from this seed (see [`Weights::random`]).
+    random: Option<u64>,
+    /// Values handed out so far (the parameter count of what a model loaded).
+    handed_out: std::sync::atomic::AtomicU64,
 }
 
 impl Weights {
@@ -74,11 +79,22 @@ impl Weights {
                 );
             }
         }
-        Ok(Weights { files, entries })
+        Ok(Weights { files, entries, random: None, handed_out: Default::default() })
+    }
+
+    /// Weights that answer every request with seeded values (uniform, ±0.05) of the shape the
+    /// config implies: for benchmarking a base-size architecture without a download.
+    pub fn random(seed: u64) -> Weights {
+        Weights { files: Vec::new(), entries: HashMap::new(), random: Some(seed), handed_out: Default::default() }
+    }
+
+    /// How many values models have loaded from these weights.
+    pub fn values_loaded(&self) -> u64 {
+        self.handed_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        self.random.is_some() || self.entries.contains_key(name)
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
@@ -157,6 +173,12 @@ impl<'a> Vb<'a> {
 
     fn values(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
         let full = self.path(name);
+        let n: usize = shape.iter().product();
+        self.weights.handed_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(seed) = self.weights.random {
+            let salt = full.bytes().fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            return Ok((full, crate::rng::Rng::new(salt).vec(n, -0.05, 0.05)));
+        }
         let (data, have) = self.weights.get_f32(&full)?;
         if have != shape {
             return Err(Error::Weights(format!(
@@ -170,6 +192,14 @@ impl<'a> Vb<'a> {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let (_, data) = self.values(name, shape)?;
         Tensor::from_f32(&data, shape, &self.device)
+    }
+
+    /// An embedding table `[V, D]`: f32 for f32 models, f16 otherwise (the gather kernel reads
+    /// f32 and f16; half the bytes keeps GPT-2's 50257-row table under a 128 MiB binding).
+    pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (full, data) = self.values(name, shape)?;
+        let dtype = if self.linear_dtype == DType::F32 { DType::F32 } else { DType::F16 };
+        Tensor::weight(&full, &data, shape, dtype, &self.device)
     }
 
     /// A weight in `self.linear_dtype` when its rows allow it (q8_0/q4_0 need K % 32 == 0;
@@ -199,6 +229,9 @@ impl<'a> Vb<'a> {
 /// A 0-d (or 1-element) tensor's value, e.g. CLIP's `logit_scale`.
 pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
     let full = vb.path(name);
+    if vb.weights.random.is_some() {
+        return Ok(2.6592); // CLIP's logit_scale at initialization
+    }
     let (v, _) = vb.weights.get_f32(&full)?;
     match v.as_slice() {
         [x] => Ok(*x),

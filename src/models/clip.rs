@@ -63,7 +63,7 @@ impl Clip {
         let tm = vb.pp("text_model");
         let scale = crate::io::weights::scalar(vb, "logit_scale")?;
         Ok(Clip {
-            token_embedding: tm.get(
+            token_embedding: tm.get_embedding(
                 "embeddings.token_embedding.weight",
                 &[t.vocab_size, t.hidden_size],
             )?,

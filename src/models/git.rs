@@ -140,7 +140,7 @@ impl Git {
             }
         };
         Ok(Git {
-            word_embeddings: emb.get("word_embeddings.weight", &[cfg.vocab_size, d])?,
+            word_embeddings: emb.get_embedding("word_embeddings.weight", &[cfg.vocab_size, d])?,
             position_embeddings: emb.get(
                 "position_embeddings.weight",
                 &[cfg.max_position_embeddings, d],

@@ -182,7 +182,7 @@ impl Gpt2 {
     pub fn new(vb: &Vb, cfg: &Gpt2Config) -> Result<Gpt2> {
         let (d, v) = (cfg.n_embd, cfg.vocab_size);
         let t = vb.pp("transformer");
-        let wte = t.get("wte.weight", &[v, d])?;
+        let wte = t.get_embedding("wte.weight", &[v, d])?;
         // lm_head is tied to wte unless the checkpoint has its own
         let lm_head = if vb.contains("lm_head.weight") {
             Linear::no_bias(&vb.pp("lm_head"), d, v)?
