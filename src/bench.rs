@@ -207,7 +207,11 @@ pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
     };
     let v = match arch {
         "git" => {
-            let (d, l, i, v) = if base { (768, 6, 3072, 30522) } else { (32, 2, 64, 120) };
+            let (d, l, i, v) = if base {
+                (768, 6, 3072, 30522)
+            } else {
+                (32, 2, 64, 120)
+            };
             json!({"architectures": ["GitForCausalLM"], "vision_config": vit(16), "vocab_size": v, "hidden_size": d,
                    "num_hidden_layers": l, "num_attention_heads": if base { 12 } else { 4 }, "intermediate_size": i,
                    "max_position_embeddings": 1024, "bos_token_id": 101, "eos_token_id": 102, "pad_token_id": 0})
@@ -224,14 +228,25 @@ pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
                    "text_config": {"vocab_size": v, "hidden_size": d, "intermediate_size": 4 * d, "num_hidden_layers": l,
                                    "num_attention_heads": if base { 8 } else { 4 }, "max_position_embeddings": 77, "eos_token_id": 2}})
         }
-        other => return Err(crate::Error::Invalid(format!("unknown architecture {other:?}: git, vit-gpt2 or clip"))),
+        other => {
+            return Err(crate::Error::Invalid(format!(
+                "unknown architecture {other:?}: git, vit-gpt2 or clip"
+            )))
+        }
     };
     Ok(v)
 }
 
 /// Loads `arch` at `size` with random weights on `device` and times image encoding, the first
 /// token and the decode steps (greedy, `new_tokens` tokens, no early stop).
-pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, dtype: DType, new_tokens: usize) -> Result<ModelBenchRow> {
+pub async fn bench_model(
+    arch: &str,
+    size: &str,
+    device: &Device,
+    label: &str,
+    dtype: DType,
+    new_tokens: usize,
+) -> Result<ModelBenchRow> {
     use crate::generate::{generate, GenerateOptions};
     use crate::io::{Vb, Weights};
     use crate::models::{clip, git, vision_encoder_decoder as ved};
@@ -287,19 +302,32 @@ pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, d
                 generate(&mut m.decoder(&prefix)?, &[101], &opts(1), &mut |_| true).await?;
                 times.1 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&prefix)?, &[101], &opts(new_tokens), &mut |_| true).await?;
+                generate(
+                    &mut m.decoder(&prefix)?,
+                    &[101],
+                    &opts(new_tokens),
+                    &mut |_| true,
+                )
+                .await?;
                 times.2 = now_ms() - t;
             }
             times
         }
         "vit-gpt2" => {
-            let c: ved::VisionEncoderDecoderConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
+            let c: ved::VisionEncoderDecoderConfig =
+                serde_json::from_value(cfg).map_err(|_| parse(arch))?;
             let m = ved::VisionEncoderDecoder::new(&vb, &c)?;
             device.synchronize().await?;
             row.load_ms = now_ms() - t0;
-            let px = Tensor::from_f32(&rng.vec(3 * 224 * 224, -1.0, 1.0), &[1, 3, 224, 224], device);
+            let px = Tensor::from_f32(
+                &rng.vec(3 * 224 * 224, -1.0, 1.0),
+                &[1, 3, 224, 224],
+                device,
+            );
             let px = match (px, size) {
-                (_, "tiny") => Tensor::from_f32(&rng.vec(3 * 32 * 32, -1.0, 1.0), &[1, 3, 32, 32], device)?,
+                (_, "tiny") => {
+                    Tensor::from_f32(&rng.vec(3 * 32 * 32, -1.0, 1.0), &[1, 3, 32, 32], device)?
+                }
                 (p, _) => p?,
             };
             let mut times = (0.0, 0.0, 0.0);
@@ -312,7 +340,10 @@ pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, d
                 generate(&mut m.decoder(&enc)?, &[0], &opts(1), &mut |_| true).await?;
                 times.1 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&enc)?, &[0], &opts(new_tokens), &mut |_| true).await?;
+                generate(&mut m.decoder(&enc)?, &[0], &opts(new_tokens), &mut |_| {
+                    true
+                })
+                .await?;
                 times.2 = now_ms() - t;
             }
             times
@@ -332,7 +363,11 @@ pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, d
             }
             (encode, 0.0, 0.0)
         }
-        other => return Err(crate::Error::Invalid(format!("unknown architecture {other:?}"))),
+        other => {
+            return Err(crate::Error::Invalid(format!(
+                "unknown architecture {other:?}"
+            )))
+        }
     };
     row.params_m = weights.values_loaded() as f64 / 1e6;
     row.image_encode_ms = encode;
@@ -346,12 +381,28 @@ pub async fn bench_model(arch: &str, size: &str, device: &Device, label: &str, d
 pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
     let mut s = format!(
         "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9}\n",
-        "arch", "size", "dtype", "device", "params M", "load ms", "image encode ms", "first token ms", "tokens/s"
+        "arch",
+        "size",
+        "dtype",
+        "device",
+        "params M",
+        "load ms",
+        "image encode ms",
+        "first token ms",
+        "tokens/s"
     );
     for r in rows {
         s += &format!(
             "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2}\n",
-            r.arch, r.size, r.dtype, r.device, r.params_m, r.load_ms, r.image_encode_ms, r.first_token_ms, r.tokens_per_s
+            r.arch,
+            r.size,
+            r.dtype,
+            r.device,
+            r.params_m,
+            r.load_ms,
+            r.image_encode_ms,
+            r.first_token_ms,
+            r.tokens_per_s
         );
     }
     s

@@ -21,7 +21,8 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 import transformers
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, GitConfig, GitForCausalLM,
+from transformers import (BlipConfig, BlipForConditionalGeneration, BlipForQuestionAnswering, BlipImageProcessor,
+                          CLIPConfig, CLIPImageProcessor, CLIPModel, GitConfig, GitForCausalLM,
                           GenerationConfig, GPT2Config, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessor,
                           VisionEncoderDecoderConfig, VisionEncoderDecoderModel)
 
@@ -62,13 +63,13 @@ def save_images(images):
         img.save(os.path.join(d, name + ".png"))
 
 
-def wordpiece_tokenizer():
+def wordpiece_tokenizer(extra=()):
     """BERT-style WordPiece with [PAD]=0, [UNK], [CLS], [SEP], [MASK] (GIT and BLIP use these)."""
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    trainer = trainers.WordPieceTrainer(vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *extra])
     tok.train_from_iterator(CORPUS, trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -241,17 +242,75 @@ def make_vit_gpt2(images):
         json.dump(ref, f)
 
 
+def make_blip(images):
+    """BlipForConditionalGeneration and BlipForQuestionAnswering sharing one config and tokenizer."""
+    tok = wordpiece_tokenizer(extra=("[DEC]",))
+    cls, sep, pad, dec = (tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[DEC]"))
+    config = BlipConfig(
+        text_config=dict(vocab_size=tok.get_vocab_size(), hidden_size=32, encoder_hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                         initializer_range=0.2, bos_token_id=dec, sep_token_id=sep, pad_token_id=pad, eos_token_id=sep),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, initializer_range=0.2),
+        projection_dim=16, initializer_range=0.2)
+    proc = BlipImageProcessor(size={"height": 32, "width": 32})
+    questions = ["what color is the star?", "how many circles are there?"]
+    for kind, cls_ in (("blip-caption", BlipForConditionalGeneration), ("blip-vqa", BlipForQuestionAnswering)):
+        d = os.path.join(ROOT, kind)
+        os.makedirs(d, exist_ok=True)
+        fast = save_tokenizer(tok, d, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                              mask_token="[MASK]", bos_token="[DEC]")
+        torch.manual_seed(3)
+        model = cls_(config).eval()
+        # BLIP's random init keeps LayerNorms at identity and small weights; spread them so logits separate
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.dim() >= 2 and "embedding" not in name:
+                    p.normal_(0.0, 0.2)
+        model.save_pretrained(d)
+        GenerationConfig(bos_token_id=dec, eos_token_id=sep, pad_token_id=pad, max_new_tokens=10).save_pretrained(d)
+        proc.save_pretrained(d)
+        ref = {"images": {}, "questions": questions}
+        for name, img in images.items():
+            pixels = proc(images=img, return_tensors="pt").pixel_values
+            entry = {"pixel_values": tolist(pixels[0])}
+            with torch.no_grad():
+                if kind == "blip-caption":
+                    greedy = model.generate(pixel_values=pixels, max_new_tokens=10, do_sample=False)
+                    beam = model.generate(pixel_values=pixels, max_new_tokens=10, num_beams=3, do_sample=False,
+                                          early_stopping=True)
+                    prompt = fast("a large", return_tensors="pt").input_ids
+                    prompted = model.generate(pixel_values=pixels, input_ids=prompt.clone(), max_new_tokens=6,
+                                              do_sample=False)
+                    image_embeds = model.vision_model(pixel_values=pixels).last_hidden_state
+                    logits = model.text_decoder(input_ids=greedy, encoder_hidden_states=image_embeds).logits[0]
+                    entry.update(greedy_ids=greedy[0].tolist(), beam_ids=beam[0].tolist(),
+                                 prompt="a large", prompted_ids=prompted[0].tolist(), text_logits=tolist(logits[:3]))
+                else:
+                    answers = []
+                    for q in questions:
+                        ids = fast(q, return_tensors="pt").input_ids
+                        out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=6, do_sample=False)
+                        answers.append({"question_ids": ids[0].tolist(), "ids": out[0].tolist()})
+                    entry["vqa"] = answers
+            ref["images"][name] = entry
+        with open(os.path.join(d, "reference.json"), "w") as f:
+            json.dump(ref, f)
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     images = rng_images()
     save_images(images)
-    which = sys.argv[1:] or ["git", "clip", "vit-gpt2"]
+    which = sys.argv[1:] or ["git", "clip", "vit-gpt2", "blip"]
     if "git" in which:
         make_git(images)
     if "clip" in which:
         make_clip(images)
     if "vit-gpt2" in which:
         make_vit_gpt2(images)
+    if "blip" in which:
+        make_blip(images)
     with open(os.path.join(ROOT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "transformers": transformers.__version__}, f, indent=2)
 

@@ -315,11 +315,28 @@ fn main() -> anyhow::Result<()> {
             }
             print!("{}", bench::format_table(&rows));
         }
-        Command::Bench { what: BenchWhat::Model { arch, size, device, dtype, new_tokens, json } } => {
+        Command::Bench {
+            what:
+                BenchWhat::Model {
+                    arch,
+                    size,
+                    device,
+                    dtype,
+                    new_tokens,
+                    json,
+                },
+        } => {
             let mut rows = Vec::new();
             for (d, label) in devices(device)? {
                 eprintln!("{arch} ({size}) on {label} …");
-                rows.push(pollster::block_on(bench::bench_model(&arch, &size, &d, &label, DType::parse(&dtype)?, new_tokens))?);
+                rows.push(pollster::block_on(bench::bench_model(
+                    &arch,
+                    &size,
+                    &d,
+                    &label,
+                    DType::parse(&dtype)?,
+                    new_tokens,
+                ))?);
             }
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;

@@ -79,13 +79,23 @@ impl Weights {
                 );
             }
         }
-        Ok(Weights { files, entries, random: None, handed_out: Default::default() })
+        Ok(Weights {
+            files,
+            entries,
+            random: None,
+            handed_out: Default::default(),
+        })
     }
 
     /// Weights that answer every request with seeded values (uniform, ±0.05) of the shape the
     /// config implies: for benchmarking a base-size architecture without a download.
     pub fn random(seed: u64) -> Weights {
-        Weights { files: Vec::new(), entries: HashMap::new(), random: Some(seed), handed_out: Default::default() }
+        Weights {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            random: Some(seed),
+            handed_out: Default::default(),
+        }
     }
 
     /// How many values models have loaded from these weights.
@@ -174,9 +184,13 @@ impl<'a> Vb<'a> {
     fn values(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
         let full = self.path(name);
         let n: usize = shape.iter().product();
-        self.weights.handed_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.weights
+            .handed_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(seed) = self.weights.random {
-            let salt = full.bytes().fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+            let salt = full
+                .bytes()
+                .fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
             return Ok((full, crate::rng::Rng::new(salt).vec(n, -0.05, 0.05)));
         }
         let (data, have) = self.weights.get_f32(&full)?;
@@ -198,7 +212,11 @@ impl<'a> Vb<'a> {
     /// f32 and f16; half the bytes keeps GPT-2's 50257-row table under a 128 MiB binding).
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let (full, data) = self.values(name, shape)?;
-        let dtype = if self.linear_dtype == DType::F32 { DType::F32 } else { DType::F16 };
+        let dtype = if self.linear_dtype == DType::F32 {
+            DType::F32
+        } else {
+            DType::F16
+        };
         Tensor::weight(&full, &data, shape, dtype, &self.device)
     }
 
@@ -271,6 +289,44 @@ impl Vb<'_> {
                     weight: Tensor::weight(
                         &format!("{full}[{p}]"),
                         &t,
+                        &[out_dim, in_dim],
+                        dtype,
+                        &self.device,
+                    )?,
+                    bias: Some(Tensor::from_f32(
+                        &b[p * out_dim..(p + 1) * out_dim],
+                        &[out_dim],
+                        &self.device,
+                    )?),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Vb<'_> {
+    /// A fused `nn.Linear(in, parts·out)` (BLIP's `qkv`) as `parts` Linears: weight rows
+    /// `[p·out, (p+1)·out)` and the matching bias slice for part p.
+    pub fn linear_split(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        parts: usize,
+    ) -> Result<Vec<crate::nn::Linear>> {
+        let (full, w) = self.values("weight", &[parts * out_dim, in_dim])?;
+        let (_, b) = self.values("bias", &[parts * out_dim])?;
+        let dtype = match self.linear_dtype {
+            d if d.is_quantized() && in_dim % 32 == 0 => d,
+            d if d.is_quantized() => DType::F16,
+            d => d,
+        };
+        (0..parts)
+            .map(|p| {
+                let rows = &w[p * out_dim * in_dim..(p + 1) * out_dim * in_dim];
+                Ok(crate::nn::Linear {
+                    weight: Tensor::weight(
+                        &format!("{full}[{p}]"),
+                        rows,
                         &[out_dim, in_dim],
                         dtype,
                         &self.device,

@@ -1,5 +1,6 @@
 //! One file per architecture, written once against `Tensor`.
 
+pub mod blip;
 pub mod clip;
 pub mod clip_vision;
 pub mod git;
