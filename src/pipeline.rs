@@ -8,6 +8,7 @@ use crate::image::{decode, ImageProcessorConfig};
 use crate::io::config::{architecture, parse, GenerationConfig};
 use crate::io::tokenizer::Tokenizer;
 use crate::io::{Vb, Weights};
+use crate::models::blip::{Blip, BlipConfig, BlipMemory};
 use crate::models::clip::{logits_per_image, Clip, ClipConfig};
 use crate::models::git::{Git, GitConfig, ImagePrefix};
 use crate::models::vision_encoder_decoder::{
@@ -82,6 +83,8 @@ impl ModelFiles {
 pub enum Task {
     /// captions and answers questions (GIT)
     Caption,
+    /// answers questions only (BLIP VQA)
+    Answer,
     /// scores an image against texts (CLIP)
     Match,
 }
@@ -90,6 +93,7 @@ enum Model {
     Git(Box<Git>),
     Clip(Box<Clip>),
     VisionEncoderDecoder(Box<VisionEncoderDecoder>),
+    Blip(Box<Blip>),
 }
 
 /// An image ready for requests: its pixels encoded once.
@@ -97,6 +101,8 @@ pub enum PreparedImage {
     Git(ImagePrefix),
     Clip(Tensor),
     VisionEncoderDecoder(EncodedImage),
+    /// image embeddings, and for captioning models the decoder's memory of them
+    Blip(Tensor, Option<BlipMemory>),
 }
 
 /// Generated text with its ids (prompt included, as transformers returns them).
@@ -129,9 +135,13 @@ impl Pipeline {
                 &vb,
                 &parse::<VisionEncoderDecoderConfig>("config.json", &files.config)?,
             )?)),
+            "BlipForConditionalGeneration" | "BlipForQuestionAnswering" => {
+                let cfg = parse::<BlipConfig>("config.json", &files.config)?;
+                Model::Blip(Box::new(Blip::new(&vb, &cfg, arch == "BlipForQuestionAnswering")?))
+            }
             other => {
                 return Err(Error::Config(format!(
-                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, VisionEncoderDecoderModel, CLIPModel)"
+                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel)"
                 )))
             }
         };
@@ -154,8 +164,10 @@ impl Pipeline {
     }
 
     pub fn task(&self) -> Task {
-        match self.model {
+        match &self.model {
             Model::Git(_) | Model::VisionEncoderDecoder(_) => Task::Caption,
+            Model::Blip(b) if b.is_vqa() => Task::Answer,
+            Model::Blip(_) => Task::Caption,
             Model::Clip(_) => Task::Match,
         }
     }
@@ -167,6 +179,7 @@ impl Pipeline {
             match &self.model {
                 Model::Git(g) => opts.eos_token_ids.extend(g.cfg.eos_token_id),
                 Model::VisionEncoderDecoder(m) => opts.eos_token_ids.extend(m.cfg.eos_token_id),
+                Model::Blip(b) => opts.eos_token_ids.push(b.cfg.text_config.sep_token_id),
                 Model::Clip(_) => {}
             }
         }
@@ -188,6 +201,15 @@ impl Pipeline {
             Model::VisionEncoderDecoder(m) => Ok(PreparedImage::VisionEncoderDecoder(
                 m.encode_image(&pixels)?,
             )),
+            Model::Blip(b) => {
+                let image = b.encode_image(&pixels)?;
+                let memory = if b.is_vqa() {
+                    None
+                } else {
+                    Some(b.caption_memory(&image)?)
+                };
+                Ok(PreparedImage::Blip(image, memory))
+            }
         }
     }
 
@@ -200,6 +222,7 @@ impl Pipeline {
                 .decoder_start_token_id
                 .or(m.cfg.decoder_start_token_id)
                 .or(g.bos_token_id),
+            Model::Blip(b) => Some(b.cfg.text_config.bos_token_id),
             Model::Clip(_) => return Err(self.not_generative()),
         };
         id.ok_or_else(|| {
@@ -226,11 +249,17 @@ impl Pipeline {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
+        if self.task() == Task::Answer {
+            return Err(Error::Invalid(format!(
+                "{} answers questions; it does not caption (use ask)",
+                self.architecture
+            )));
+        }
         let mut ids = vec![self.start_token()?];
         if let Some(p) = prompt {
             ids.extend(self.tokenizer.encode(p, false)?);
         }
-        self.run(image, ids, opts, on_text).await
+        self.run(image, ids, None, opts, on_text).await
     }
 
     /// The answer to `question` (GIT VQA: the question is the text prefix, the answer follows).
@@ -241,30 +270,40 @@ impl Pipeline {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
-        if !matches!(self.model, Model::Git(_)) {
-            return Err(Error::Invalid(format!(
-                "{} captions images; it does not answer questions (use a GIT VQA model)",
-                self.architecture
-            )));
-        }
         if question.trim().is_empty() {
             return Err(Error::Invalid("the question is empty".into()));
         }
-        let mut ids = vec![self.start_token()?];
-        ids.extend(self.tokenizer.encode(question, false)?);
-        self.run(image, ids, opts, on_text).await
+        match &self.model {
+            // GIT: the question is the prefix of the text the decoder continues
+            Model::Git(_) => {
+                let mut ids = vec![self.start_token()?];
+                ids.extend(self.tokenizer.encode(question, false)?);
+                self.run(image, ids, None, opts, on_text).await
+            }
+            // BLIP VQA: the question goes through the text encoder; the answer starts at BOS
+            Model::Blip(b) if b.is_vqa() => {
+                let start = vec![self.start_token()?];
+                self.run(image, start, Some(question), opts, on_text).await
+            }
+            _ => Err(Error::Invalid(format!(
+                "{} captions images; it does not answer questions (use a VQA model)",
+                self.architecture
+            ))),
+        }
     }
 
     async fn run(
         &self,
         image: &PreparedImage,
         prompt: Vec<u32>,
+        question: Option<&str>,
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
         let room = match &self.model {
             Model::Git(g) => g.cfg.max_position_embeddings,
             Model::VisionEncoderDecoder(m) => m.max_positions(),
+            Model::Blip(b) => b.max_positions(),
             Model::Clip(_) => return Err(self.not_generative()),
         };
         if prompt.len() + opts.max_new_tokens > room {
@@ -292,6 +331,28 @@ impl Pipeline {
             }
             (Model::VisionEncoderDecoder(m), PreparedImage::VisionEncoderDecoder(enc)) => {
                 generate(&mut m.decoder(enc)?, &prompt, opts, &mut stream).await?
+            }
+            (Model::Blip(b), PreparedImage::Blip(image, memory)) => {
+                let asked;
+                let memory = match (question, memory) {
+                    (Some(q), _) => {
+                        let ids = self.tokenizer.encode(q, true)?;
+                        if ids.len() > b.max_positions() {
+                            return Err(Error::Invalid(format!(
+                                "the question is {} tokens; this model reads at most {}",
+                                ids.len(),
+                                b.max_positions()
+                            )));
+                        }
+                        asked = b.question_memory(image, &ids)?;
+                        &asked
+                    }
+                    (None, Some(m)) => m,
+                    (None, None) => {
+                        return Err(Error::Invalid("this BLIP model needs a question".into()))
+                    }
+                };
+                generate(&mut b.decoder(memory)?, &prompt, opts, &mut stream).await?
             }
             _ => {
                 return Err(Error::Invalid(

@@ -104,7 +104,7 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
             &model
                 .decoder(&memory)
                 .unwrap()
-                .forward_all(&[want.clone()])
+                .forward_all(std::slice::from_ref(&want))
                 .unwrap(),
         );
         let wl = f32s(&e["text_logits"]);

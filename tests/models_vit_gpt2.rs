@@ -69,7 +69,7 @@ fn run(dtype: DType, d: &Device) -> (f32, usize, usize, usize) {
             &model
                 .decoder(&image)
                 .unwrap()
-                .forward_all(&[want.clone()])
+                .forward_all(std::slice::from_ref(&want))
                 .unwrap(),
         );
         let wl = f32s(&e["text_logits"]);

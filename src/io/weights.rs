@@ -202,6 +202,16 @@ impl<'a> Vb<'a> {
         Ok((full, data))
     }
 
+    /// Storage of a Linear weight with rows of `k` values: the linear dtype, except that
+    /// q8_0/q4_0 need whole 32-value blocks (other rows stay f16 so any checkpoint loads).
+    fn storage_dtype(&self, k: usize) -> DType {
+        match self.linear_dtype {
+            d if d.is_quantized() && k.is_multiple_of(32) => d,
+            d if d.is_quantized() => DType::F16,
+            d => d,
+        }
+    }
+
     /// An f32 tensor of the expected shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let (_, data) = self.values(name, shape)?;
@@ -235,11 +245,7 @@ impl<'a> Vb<'a> {
         shape: &[usize],
     ) -> Result<Tensor> {
         let (full, data) = self.values(name, stored)?;
-        let dtype = match self.linear_dtype {
-            d if d.is_quantized() && shape.len() == 2 && shape[1] % 32 == 0 => d,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        };
+        let dtype = self.storage_dtype(if shape.len() == 2 { shape[1] } else { 1 });
         Tensor::weight(&full, &data, shape, dtype, &self.device)
     }
 }
@@ -271,11 +277,7 @@ impl Vb<'_> {
     ) -> Result<Vec<crate::nn::Linear>> {
         let (full, w) = self.values("weight", &[in_dim, parts * out_dim])?;
         let (_, b) = self.values("bias", &[parts * out_dim])?;
-        let dtype = match self.linear_dtype {
-            d if d.is_quantized() && in_dim % 32 == 0 => d,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        };
+        let dtype = self.storage_dtype(in_dim);
         (0..parts)
             .map(|p| {
                 // rows of the transposed weight for part p: [out, in]
@@ -315,11 +317,7 @@ impl Vb<'_> {
     ) -> Result<Vec<crate::nn::Linear>> {
         let (full, w) = self.values("weight", &[parts * out_dim, in_dim])?;
         let (_, b) = self.values("bias", &[parts * out_dim])?;
-        let dtype = match self.linear_dtype {
-            d if d.is_quantized() && in_dim % 32 == 0 => d,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        };
+        let dtype = self.storage_dtype(in_dim);
         (0..parts)
             .map(|p| {
                 let rows = &w[p * out_dim * in_dim..(p + 1) * out_dim * in_dim];

@@ -138,7 +138,7 @@ pub struct BlipVision {
 impl BlipVision {
     fn new(vb: &Vb, c: &BlipVisionConfig) -> Result<Self> {
         let (d, p) = (c.hidden_size, c.patch_size);
-        if c.image_size % p != 0 {
+        if !c.image_size.is_multiple_of(p) {
             return Err(Error::Config(format!(
                 "vision_config: image_size {} is not a multiple of patch_size {p}",
                 c.image_size

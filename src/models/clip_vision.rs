@@ -125,7 +125,7 @@ impl ClipVisionTransformer {
         let d = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let (p, c) = (cfg.patch_size, cfg.num_channels);
-        if cfg.image_size % p != 0 {
+        if !cfg.image_size.is_multiple_of(p) {
             return Err(Error::Config(format!(
                 "vision_config: image_size {} is not a multiple of patch_size {p}",
                 cfg.image_size

@@ -116,7 +116,7 @@ pub struct Vit {
 impl Vit {
     pub fn new(vb: &Vb, cfg: &VitConfig) -> Result<Vit> {
         let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
-        if cfg.image_size % p != 0 {
+        if !cfg.image_size.is_multiple_of(p) {
             return Err(Error::Config(format!(
                 "encoder: image_size {} is not a multiple of patch_size {p}",
                 cfg.image_size

@@ -323,11 +323,12 @@ impl JsModel {
         self.pipeline.architecture().to_string()
     }
 
-    /// "caption" (captions and answers questions) or "match" (zero-shot labels).
+    /// "caption" (captions; GIT also answers questions), "answer" (BLIP VQA) or "match" (CLIP).
     #[wasm_bindgen(getter)]
     pub fn task(&self) -> String {
         match self.pipeline.task() {
             Task::Caption => "caption".into(),
+            Task::Answer => "answer".into(),
             Task::Match => "match".into(),
         }
     }
