@@ -77,7 +77,7 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
 
         // teacher-forced logits along the reference caption
         let mut dec = model.decoder(&prefix).unwrap();
-        let logits = read(&dec.forward_all(&[want_greedy.clone()]).unwrap());
+        let logits = read(&dec.forward_all(std::slice::from_ref(&want_greedy)).unwrap());
         let want = f32s(&entry["text_logits"]);
         max_diff = max_diff.max(max_abs_diff(&logits[..want.len()], &want).0);
 
