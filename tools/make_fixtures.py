@@ -8,8 +8,10 @@ needed to regenerate them, never to run the tests:
     python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors pillow
     .venv/bin/python tools/make_fixtures.py            # writes tests/fixtures/
 
-Everything is seeded; re-running gives the same files for the same library versions
-(recorded in tests/fixtures/versions.json).
+Model weights are seeded, but the tokenizers library's trainers may order equal-frequency merges
+differently from run to run, so a re-run can renumber tokens. Each model's folder is written as a
+consistent set (tokenizer, weights and reference from one run): regenerate a whole folder, never
+one file. Library versions are recorded in tests/fixtures/versions.json.
 """
 import json
 import os
@@ -154,7 +156,13 @@ def make_git(images):
                                   do_sample=False, length_penalty=1.0, early_stopping=True)
             # teacher-forced logits of the text positions along the greedy caption
             logits = model(pixel_values=pixels, input_ids=greedy).logits[0, n_img:]
+            # the logits processors: repetition penalty, no repeated bigrams, a minimum length
+            processed = model.generate(pixel_values=pixels, input_ids=start, max_new_tokens=10, do_sample=False,
+                                       repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=8)
+            beam_lp = model.generate(pixel_values=pixels, input_ids=start, max_new_tokens=10, num_beams=4,
+                                     do_sample=False, length_penalty=0.5, early_stopping=False)
             entry.update(greedy_ids=greedy[0].tolist(), beam_ids=beam[0].tolist(),
+                         processed_ids=processed[0].tolist(), beam4_lp05_ids=beam_lp[0].tolist(),
                          text_logits=tolist(logits[:3]))
             answers = []
             for q in ref["questions"]:
