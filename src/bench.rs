@@ -249,7 +249,7 @@ pub async fn bench_model(
 ) -> Result<ModelBenchRow> {
     use crate::generate::{generate, GenerateOptions};
     use crate::io::{Vb, Weights};
-    use crate::models::{clip, git, vision_encoder_decoder as ved};
+    use crate::models::{blip, clip, git, vision_encoder_decoder as ved};
 
     let cfg = model_config(arch, size)?;
     let parse = |what: &str| crate::Error::Config(format!("bench config for {what}"));
@@ -343,6 +343,35 @@ pub async fn bench_model(
                 generate(&mut m.decoder(&enc)?, &[0], &opts(new_tokens), &mut |_| {
                     true
                 })
+                .await?;
+                times.2 = now_ms() - t;
+            }
+            times
+        }
+        "blip" => {
+            let c: blip::BlipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
+            let m = blip::Blip::new(&vb, &c, false)?;
+            device.synchronize().await?;
+            row.load_ms = now_ms() - t0;
+            let s = c.vision_config.image_size;
+            let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
+            let bos = c.text_config.bos_token_id;
+            let mut times = (0.0, 0.0, 0.0);
+            for _ in 0..2 {
+                let t = now_ms();
+                let memory = m.caption_memory(&m.encode_image(&px)?)?;
+                device.synchronize().await?;
+                times.0 = now_ms() - t;
+                let t = now_ms();
+                generate(&mut m.decoder(&memory)?, &[bos], &opts(1), &mut |_| true).await?;
+                times.1 = now_ms() - t;
+                let t = now_ms();
+                generate(
+                    &mut m.decoder(&memory)?,
+                    &[bos],
+                    &opts(new_tokens),
+                    &mut |_| true,
+                )
                 .await?;
                 times.2 = now_ms() - t;
             }

@@ -215,7 +215,7 @@ fn generate_text(
 enum BenchWhat {
     /// A whole model at a real size with random weights: image encode, first token, tokens/s
     Model {
-        /// git, vit-gpt2 or clip
+        /// git, vit-gpt2, blip or clip
         #[arg(long, default_value = "git")]
         arch: String,
         /// base (the real model's shape) or tiny (the test fixtures' shape)
@@ -326,22 +326,25 @@ fn main() -> anyhow::Result<()> {
                     json,
                 },
         } => {
-            let mut rows = Vec::new();
+            let (mut rows, mut failed) = (Vec::new(), Vec::new());
             for (d, label) in devices(device)? {
                 eprintln!("{arch} ({size}) on {label} …");
-                rows.push(pollster::block_on(bench::bench_model(
-                    &arch,
-                    &size,
-                    &d,
-                    &label,
-                    DType::parse(&dtype)?,
-                    new_tokens,
-                ))?);
+                // one device failing (e.g. a tensor over its binding limit) does not hide the others
+                let dt = DType::parse(&dtype)?;
+                match pollster::block_on(bench::bench_model(
+                    &arch, &size, &d, &label, dt, new_tokens,
+                )) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => failed.push(format!("{arch} {size} {dtype} on {label}: {e}")),
+                }
             }
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
             }
             print!("{}", bench::format_model_table(&rows));
+            for f in &failed {
+                println!("not run: {f}");
+            }
         }
         Command::Selfcheck { seed, json } => {
             let d = gpu()?;

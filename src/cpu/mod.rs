@@ -122,9 +122,10 @@ pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) ->
 }
 
 pub(crate) fn embedding(table: &Tensor, ids: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
-    let t = f32_of(table, "embedding")?;
     let flat = ids.candle("embedding")?.flatten_all()?;
-    Tensor::from_candle(t.index_select(&flat, 0)?.reshape(out_shape)?)
+    // gather first, widen only the gathered rows (an f16 table stays f16)
+    let rows = table.candle("embedding")?.index_select(&flat, 0)?;
+    Tensor::from_candle(rows.to_dtype(CDType::F32)?.reshape(out_shape)?)
 }
 
 pub(crate) fn attention(

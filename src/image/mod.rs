@@ -103,6 +103,26 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
     if width == 0 || height == 0 {
         return Err(Error::Image("the image has no pixels".into()));
     }
+    // 16-bit images keep their high byte, as Pillow unpacks 16-bit RGB PNGs (transformers sees
+    // those 8-bit values). For 16-bit grayscale Pillow's I;16 -> RGB conversion would clip every
+    // value above 255 to white; glimpse keeps the high byte there too, deliberately.
+    if img.color().bytes_per_pixel() == 2 * img.color().channel_count() {
+        let had_alpha = img.color().has_alpha();
+        let rgba16 = img.to_rgba16();
+        let (w, h) = rgba16.dimensions();
+        let high: Vec<u8> = rgba16
+            .into_raw()
+            .into_iter()
+            .map(|v| (v >> 8) as u8)
+            .collect();
+        let rgba8 = image::RgbaImage::from_raw(w, h, high)
+            .ok_or_else(|| Error::Image("16-bit image conversion".into()))?;
+        img = if had_alpha {
+            image::DynamicImage::ImageRgba8(rgba8)
+        } else {
+            image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(rgba8).to_rgb8())
+        };
+    }
     let data = if img.color().has_alpha() {
         let rgba = img.to_rgba8();
         rgba.pixels()
