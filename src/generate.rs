@@ -20,6 +20,12 @@ pub trait Decoder {
     fn reorder(&mut self, rows: &[usize]) -> Result<()>;
 }
 
+/// Logits of the last position: `[B, T, V] -> [B, V]`.
+pub fn last_position(logits: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
+    logits.narrow(1, t - 1, 1)?.reshape(&[b, v])
+}
+
 /// Options of one generation; `from_config` takes the model's generation_config.json defaults.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use crate::generate::Decoder;
 use crate::io::config::Activation;
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, KvCache, LayerNorm, Linear};
+use crate::nn::{
+    activation, check_pixels, merge_heads, split_heads, with_class_token, KvCache, LayerNorm,
+    Linear, SelfAttention,
+};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,21 +68,18 @@ fn gelu() -> Activation {
 // ---------------------------------------------------------------- vision
 
 struct VisionLayer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    projection: Linear,
+    attn: SelfAttention,
     ln1: LayerNorm,
     fc1: Linear,
     fc2: Linear,
     ln2: LayerNorm,
-    heads: usize,
     act: Activation,
 }
 
 impl VisionLayer {
     fn new(vb: &Vb, c: &BlipVisionConfig) -> Result<Self> {
         let d = c.hidden_size;
+        // the fused qkv Linear [3D, D] splits into q, k, v
         let mut qkv = vb
             .pp("self_attn")
             .pp("qkv")
@@ -87,36 +87,23 @@ impl VisionLayer {
             .into_iter();
         let mut next = || qkv.next().ok_or_else(|| Error::Weights("qkv split".into()));
         Ok(VisionLayer {
-            q: next()?,
-            k: next()?,
-            v: next()?,
-            projection: Linear::new(&vb.pp("self_attn").pp("projection"), d, d)?,
+            attn: SelfAttention {
+                q: next()?,
+                k: next()?,
+                v: next()?,
+                out: Linear::new(&vb.pp("self_attn").pp("projection"), d, d)?,
+                heads: c.num_attention_heads,
+            },
             ln1: LayerNorm::new(&vb.pp("layer_norm1"), d, c.layer_norm_eps)?,
             fc1: Linear::new(&vb.pp("mlp").pp("fc1"), d, c.intermediate_size)?,
             fc2: Linear::new(&vb.pp("mlp").pp("fc2"), c.intermediate_size, d)?,
             ln2: LayerNorm::new(&vb.pp("layer_norm2"), d, c.layer_norm_eps)?,
-            heads: c.num_attention_heads,
             act: c.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.ln1.forward(x)?;
-        // (B, T, D) -> (B, H, T, Dh)
-        let q = split_heads(&self.q.forward(&h)?, self.heads)?;
-        let k = split_heads(&self.k.forward(&h)?, self.heads)?;
-        let v = split_heads(&self.v.forward(&h)?, self.heads)?;
-        let scale = 1.0 / (q.dim(3) as f32).sqrt();
-        let a = Tensor::attention(
-            &q,
-            &k,
-            &v,
-            &AttentionOpts {
-                scale,
-                ..Default::default()
-            },
-        )?;
-        let x = x.add(&self.projection.forward(&merge_heads(&a)?)?)?;
+        let x = x.add(&self.attn.forward(&self.ln1.forward(x)?, false, None)?)?;
         let h = self.fc2.forward(&activation(
             &self.fc1.forward(&self.ln2.forward(&x)?)?,
             self.act,
@@ -166,22 +153,13 @@ impl BlipVision {
 
     /// `pixels [B, 3, H, W]` -> image embeddings `[B, 1 + N, D]` (post-LayerNorm, every token).
     fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let s = self.cfg.image_size;
-        if pixels.rank() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != s || pixels.dim(3) != s {
-            return Err(Error::shape(
-                "blip vision",
-                format!("pixels {:?} should be [B, 3, {s}, {s}]", pixels.shape()),
-            ));
-        }
-        let b = pixels.dim(0);
+        check_pixels("blip vision", pixels, 3, self.cfg.image_size)?;
         let patches = pixels.patch_embed(
             &self.patch_weight,
             Some(&self.patch_bias),
             self.cfg.patch_size,
         )?;
-        let cls: Vec<&Tensor> = (0..b).map(|_| &self.class_embedding).collect();
-        let mut x =
-            Tensor::cat(&[&Tensor::cat(&cls, 0)?, &patches], 1)?.add(&self.position_embedding)?;
+        let mut x = with_class_token(&self.class_embedding, &patches, &self.position_embedding)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }
@@ -532,9 +510,7 @@ impl BlipDecoder<'_> {
 
 impl Decoder for BlipDecoder<'_> {
     fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let logits = self.forward_all(ids)?;
-        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
-        logits.narrow(1, t - 1, 1)?.reshape(&[b, v])
+        crate::generate::last_position(&self.forward_all(ids)?)
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, LayerNorm, Linear};
-use crate::tensor::{AttentionOpts, Tensor};
+use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VisionConfig {
@@ -45,15 +45,11 @@ impl VisionConfig {
 
 /// Pre-LN self-attention + MLP, as CLIP's encoder layer (q/k/v/out_proj, fc1/fc2).
 pub struct ClipEncoderLayer {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    attn: SelfAttention,
     layer_norm1: LayerNorm,
     fc1: Linear,
     fc2: Linear,
     layer_norm2: LayerNorm,
-    heads: usize,
     act: Activation,
 }
 
@@ -66,42 +62,30 @@ impl ClipEncoderLayer {
         eps: f64,
         act: Activation,
     ) -> Result<Self> {
-        let attn = vb.pp("self_attn");
+        let a = vb.pp("self_attn");
         Ok(ClipEncoderLayer {
-            q_proj: Linear::new(&attn.pp("q_proj"), hidden, hidden)?,
-            k_proj: Linear::new(&attn.pp("k_proj"), hidden, hidden)?,
-            v_proj: Linear::new(&attn.pp("v_proj"), hidden, hidden)?,
-            out_proj: Linear::new(&attn.pp("out_proj"), hidden, hidden)?,
+            attn: SelfAttention {
+                q: Linear::new(&a.pp("q_proj"), hidden, hidden)?,
+                k: Linear::new(&a.pp("k_proj"), hidden, hidden)?,
+                v: Linear::new(&a.pp("v_proj"), hidden, hidden)?,
+                out: Linear::new(&a.pp("out_proj"), hidden, hidden)?,
+                heads,
+            },
             layer_norm1: LayerNorm::new(&vb.pp("layer_norm1"), hidden, eps)?,
             fc1: Linear::new(&vb.pp("mlp").pp("fc1"), hidden, intermediate)?,
             fc2: Linear::new(&vb.pp("mlp").pp("fc2"), intermediate, hidden)?,
             layer_norm2: LayerNorm::new(&vb.pp("layer_norm2"), hidden, eps)?,
-            heads,
             act,
         })
     }
 
     /// `x [B, T, D]`; `causal` for CLIP's text tower, `mask` an additive `[B, T, T]` padding mask.
     pub fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.layer_norm1.forward(x)?;
-        // (B, T, D) -> (B, H, T, Dh) each
-        let q = split_heads(&self.q_proj.forward(&h)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(&h)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(&h)?, self.heads)?;
-        let scale = 1.0 / (q.dim(3) as f32).sqrt();
-        let a = Tensor::attention(
-            &q,
-            &k,
-            &v,
-            &AttentionOpts {
-                scale,
-                causal,
-                mask,
-                kv_len: None,
-            },
+        let x = x.add(
+            &self
+                .attn
+                .forward(&self.layer_norm1.forward(x)?, causal, mask)?,
         )?;
-        // (B, H, T, Dh) -> (B, T, D)
-        let x = x.add(&self.out_proj.forward(&merge_heads(&a)?)?)?;
         let h = self.layer_norm2.forward(&x)?;
         let h = self
             .fc2
@@ -163,28 +147,10 @@ impl ClipVisionTransformer {
 
     /// `pixels [B, C, H, W]` -> encoder output `[B, 1 + N, D]` (before post_layernorm).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let s = self.cfg.image_size;
-        if pixels.rank() != 4
-            || pixels.dim(1) != self.cfg.num_channels
-            || pixels.dim(2) != s
-            || pixels.dim(3) != s
-        {
-            return Err(Error::shape(
-                "vision",
-                format!(
-                    "pixels {:?} should be [B, {}, {s}, {s}]",
-                    pixels.shape(),
-                    self.cfg.num_channels
-                ),
-            ));
-        }
-        let b = pixels.dim(0);
-        // (B, C, H, W) -> (B, N, D)
+        check_pixels("vision", pixels, self.cfg.num_channels, self.cfg.image_size)?;
+        // (B, C, H, W) -> (B, N, D) -> (B, 1 + N, D)
         let patches = pixels.patch_embed(&self.patch_embedding, None, self.cfg.patch_size)?;
-        let cls: Vec<&Tensor> = (0..b).map(|_| &self.class_embedding).collect();
-        let cls = Tensor::cat(&cls, 0)?;
-        // (B, 1 + N, D) + (1 + N, D)
-        let mut x = Tensor::cat(&[&cls, &patches], 1)?.add(&self.position_embedding)?;
+        let mut x = with_class_token(&self.class_embedding, &patches, &self.position_embedding)?;
         x = self.pre_layrnorm.forward(&x)?;
         for layer in &self.layers {
             x = layer.forward(&x, false, None)?;

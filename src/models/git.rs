@@ -258,10 +258,7 @@ impl GitDecoder<'_> {
 
 impl Decoder for GitDecoder<'_> {
     fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let logits = self.forward_all(ids)?;
-        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
-        // last position: (B, T, V) -> (B, V)
-        logits.narrow(1, t - 1, 1)?.reshape(&[b, v])
+        crate::generate::last_position(&self.forward_all(ids)?)
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, KvCache, LayerNorm, Linear};
+use crate::nn::{activation, merge_heads, select_rows, split_heads, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,16 +266,9 @@ impl CrossKv {
 
     /// Rows `rows` of the batch (beam search).
     pub fn select_rows(&self, rows: &[usize]) -> Result<CrossKv> {
-        let pick = |t: &Tensor| -> Result<Tensor> {
-            let parts = rows
-                .iter()
-                .map(|&r| t.narrow(0, r, 1))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
-        };
         Ok(CrossKv {
-            k: pick(&self.k)?,
-            v: pick(&self.v)?,
+            k: select_rows(&self.k, rows)?,
+            v: select_rows(&self.v, rows)?,
         })
     }
 }

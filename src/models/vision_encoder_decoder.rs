@@ -128,9 +128,7 @@ impl VedDecoder<'_> {
 
 impl Decoder for VedDecoder<'_> {
     fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let logits = self.forward_all(ids)?;
-        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
-        logits.narrow(1, t - 1, 1)?.reshape(&[b, v])
+        crate::generate::last_position(&self.forward_all(ids)?)
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, LayerNorm, Linear};
-use crate::tensor::{AttentionOpts, Tensor};
+use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
+use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct VitConfig {
@@ -41,15 +41,11 @@ fn yes() -> bool {
 }
 
 struct VitLayer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    attn_out: Linear,
+    attn: SelfAttention,
     intermediate: Linear,
     output: Linear,
     ln_before: LayerNorm,
     ln_after: LayerNorm,
-    heads: usize,
     act: Activation,
 }
 
@@ -65,36 +61,27 @@ impl VitLayer {
             }
         };
         Ok(VitLayer {
-            query: lin(&att.pp("query"), d, d)?,
-            key: lin(&att.pp("key"), d, d)?,
-            value: lin(&att.pp("value"), d, d)?,
-            attn_out: Linear::new(&vb.pp("attention").pp("output").pp("dense"), d, d)?,
+            attn: SelfAttention {
+                q: lin(&att.pp("query"), d, d)?,
+                k: lin(&att.pp("key"), d, d)?,
+                v: lin(&att.pp("value"), d, d)?,
+                out: Linear::new(&vb.pp("attention").pp("output").pp("dense"), d, d)?,
+                heads: c.num_attention_heads,
+            },
             intermediate: Linear::new(&vb.pp("intermediate").pp("dense"), d, i)?,
             output: Linear::new(&vb.pp("output").pp("dense"), i, d)?,
             ln_before: LayerNorm::new(&vb.pp("layernorm_before"), d, c.layer_norm_eps)?,
             ln_after: LayerNorm::new(&vb.pp("layernorm_after"), d, c.layer_norm_eps)?,
-            heads: c.num_attention_heads,
             act: c.hidden_act,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.ln_before.forward(x)?;
-        // (B, T, D) -> (B, H, T, Dh)
-        let q = split_heads(&self.query.forward(&h)?, self.heads)?;
-        let k = split_heads(&self.key.forward(&h)?, self.heads)?;
-        let v = split_heads(&self.value.forward(&h)?, self.heads)?;
-        let scale = 1.0 / (q.dim(3) as f32).sqrt();
-        let a = Tensor::attention(
-            &q,
-            &k,
-            &v,
-            &AttentionOpts {
-                scale,
-                ..Default::default()
-            },
+        let x = x.add(
+            &self
+                .attn
+                .forward(&self.ln_before.forward(x)?, false, None)?,
         )?;
-        let x = x.add(&self.attn_out.forward(&merge_heads(&a)?)?)?;
         let h = activation(
             &self.intermediate.forward(&self.ln_after.forward(&x)?)?,
             self.act,
@@ -141,31 +128,14 @@ impl Vit {
 
     /// `pixels [B, C, H, W]` -> `[B, 1 + N, D]` (after the final LayerNorm).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let s = self.cfg.image_size;
-        if pixels.rank() != 4
-            || pixels.dim(1) != self.cfg.num_channels
-            || pixels.dim(2) != s
-            || pixels.dim(3) != s
-        {
-            return Err(Error::shape(
-                "vit",
-                format!(
-                    "pixels {:?} should be [B, {}, {s}, {s}]",
-                    pixels.shape(),
-                    self.cfg.num_channels
-                ),
-            ));
-        }
-        let b = pixels.dim(0);
-        // (B, C, H, W) -> (B, N, D)
+        check_pixels("vit", pixels, self.cfg.num_channels, self.cfg.image_size)?;
+        // (B, C, H, W) -> (B, N, D) -> (B, 1 + N, D)
         let patches = pixels.patch_embed(
             &self.patch_weight,
             Some(&self.patch_bias),
             self.cfg.patch_size,
         )?;
-        let cls: Vec<&Tensor> = (0..b).map(|_| &self.cls_token).collect();
-        let mut x =
-            Tensor::cat(&[&Tensor::cat(&cls, 0)?, &patches], 1)?.add(&self.position_embeddings)?;
+        let mut x = with_class_token(&self.cls_token, &patches, &self.position_embeddings)?;
         for layer in &self.layers {
             x = layer.forward(&x)?;
         }

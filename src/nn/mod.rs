@@ -116,17 +116,78 @@ impl KvCache {
 
     /// A cache holding rows `rows` of this one's batch (beam search reorders its beams).
     pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache> {
-        let pick = |t: &Tensor| -> Result<Tensor> {
-            let parts = rows
-                .iter()
-                .map(|&r| t.narrow(0, r, 1))
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
-        };
         Ok(KvCache {
-            k: pick(&self.k)?,
-            v: pick(&self.v)?,
+            k: select_rows(&self.k, rows)?,
+            v: select_rows(&self.v, rows)?,
             len: self.len,
         })
     }
+}
+
+/// Multi-head self-attention with separate q, k, v and output projections (no cache): the
+/// attention block of CLIP, ViT and BLIP's vision layers.
+pub struct SelfAttention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub out: Linear,
+    pub heads: usize,
+}
+
+impl SelfAttention {
+    /// `x [B, T, D]` -> `out(attention(x))` `[B, T, D]`.
+    pub fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>) -> Result<Tensor> {
+        // (B, T, D) -> (B, H, T, Dh) each
+        let q = split_heads(&self.q.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k.forward(x)?, self.heads)?;
+        let v = split_heads(&self.v.forward(x)?, self.heads)?;
+        let scale = 1.0 / (q.dim(3) as f32).sqrt();
+        let opts = crate::tensor::AttentionOpts {
+            scale,
+            causal,
+            mask,
+            kv_len: None,
+        };
+        self.out
+            .forward(&merge_heads(&Tensor::attention(&q, &k, &v, &opts)?)?)
+    }
+}
+
+/// ViT-style embeddings: `[cls ; patches] + positions`, with `cls [1, 1, D]` repeated over the
+/// batch of `patches [B, N, D]` and `positions [(1,) 1 + N, D]` broadcast.
+pub fn with_class_token(cls: &Tensor, patches: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    let cls: Vec<&Tensor> = (0..patches.dim(0)).map(|_| cls).collect();
+    Tensor::cat(&[&Tensor::cat(&cls, 0)?, patches], 1)?.add(positions)
+}
+
+/// Checks that `pixels` is `[B, channels, size, size]`.
+pub fn check_pixels(
+    who: &'static str,
+    pixels: &Tensor,
+    channels: usize,
+    size: usize,
+) -> Result<()> {
+    if pixels.rank() != 4
+        || pixels.dim(1) != channels
+        || pixels.dim(2) != size
+        || pixels.dim(3) != size
+    {
+        return Err(crate::Error::shape(
+            who,
+            format!(
+                "pixels {:?} should be [B, {channels}, {size}, {size}]",
+                pixels.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Rows `rows` of a tensor's first (batch) dimension, in that order (beam search).
+pub fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let parts = rows
+        .iter()
+        .map(|&r| t.narrow(0, r, 1))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
 }
