@@ -11,8 +11,8 @@ use crate::generate::Decoder;
 use crate::io::config::Activation;
 use crate::io::Vb;
 use crate::nn::{
-    activation, check_pixels, merge_heads, split_heads, with_class_token, KvCache, LayerNorm,
-    Linear, SelfAttention,
+    activation, check_pixels, merge_heads, split_heads, with_class_token, CrossKv, CrossView,
+    KvCache, LayerNorm, Linear, SelfAttention,
 };
 use crate::tensor::{AttentionOpts, Tensor};
 
@@ -232,25 +232,6 @@ struct TextLayer {
     output: Linear,
     output_ln: LayerNorm,
     act: Activation,
-}
-
-/// Cross-attention keys and values of one layer over the encoder states.
-struct CrossKv {
-    k: Tensor,
-    v: Tensor,
-}
-
-impl CrossKv {
-    fn rows(&self, n: usize) -> Result<CrossKv> {
-        let pick = |t: &Tensor| -> Result<Tensor> {
-            let parts: Vec<&Tensor> = (0..n).map(|_| t).collect();
-            Tensor::cat(&parts, 0)
-        };
-        Ok(CrossKv {
-            k: pick(&self.k)?,
-            v: pick(&self.v)?,
-        })
-    }
 }
 
 impl TextLayer {
@@ -477,8 +458,7 @@ impl Blip {
             .collect::<Result<_>>()?;
         Ok(BlipDecoder {
             model: self,
-            memory,
-            expanded: None,
+            cross: CrossView::new(&memory.cross),
             caches,
             pos: 0,
         })
@@ -487,9 +467,7 @@ impl Blip {
 
 pub struct BlipDecoder<'a> {
     model: &'a Blip,
-    memory: &'a BlipMemory,
-    /// the memory repeated for every beam, once there are several
-    expanded: Option<Vec<CrossKv>>,
+    cross: CrossView<'a>,
     caches: Vec<KvCache>,
     pos: usize,
 }
@@ -499,8 +477,13 @@ impl BlipDecoder<'_> {
     pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let lm = &self.model.text_decoder;
         let mut x = lm.bert.embed(ids, self.pos)?;
-        let cross = self.expanded.as_ref().unwrap_or(&self.memory.cross);
-        for ((layer, cache), kv) in lm.bert.layers.iter().zip(self.caches.iter_mut()).zip(cross) {
+        for ((layer, cache), kv) in lm
+            .bert
+            .layers
+            .iter()
+            .zip(self.caches.iter_mut())
+            .zip(self.cross.layers())
+        {
             x = layer.forward(&x, Some(cache), kv)?;
         }
         self.pos += ids.first().map_or(0, |r| r.len());
@@ -519,20 +502,6 @@ impl Decoder for BlipDecoder<'_> {
             .iter()
             .map(|c| c.select_rows(rows))
             .collect::<Result<_>>()?;
-        // every row attends to the same image or question
-        let have = self
-            .expanded
-            .as_ref()
-            .map_or(1, |e| e.first().map_or(1, |kv| kv.k.dim(0)));
-        if have != rows.len() {
-            self.expanded = Some(
-                self.memory
-                    .cross
-                    .iter()
-                    .map(|kv| kv.rows(rows.len()))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        Ok(())
+        self.cross.fit_batch(rows.len())
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, select_rows, split_heads, KvCache, LayerNorm, Linear};
+use crate::nn::{activation, merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,12 +52,6 @@ struct Block {
     heads: usize,
     act: Activation,
     scale: f32,
-}
-
-/// Keys and values of the encoder states for one layer's cross-attention, computed once.
-pub struct CrossKv {
-    k: Tensor,
-    v: Tensor,
 }
 
 impl Block {
@@ -120,15 +114,17 @@ impl Block {
         })
     }
 
-    fn cross_kv(&self, enc: &Tensor) -> Result<Option<CrossKv>> {
+    fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
         let Some((_, _, ck, cv, _)) = &self.cross else {
-            return Ok(None);
+            return Err(Error::Config(
+                "the decoder has no cross-attention (add_cross_attention is false)".into(),
+            ));
         };
         // (B, Ne, D) -> (B, H, Ne, Dh)
-        Ok(Some(CrossKv {
+        Ok(CrossKv {
             k: split_heads(&ck.forward(enc)?, self.heads)?,
             v: split_heads(&cv.forward(enc)?, self.heads)?,
-        }))
+        })
     }
 
     fn forward(&self, x: &Tensor, cache: &mut KvCache, cross: Option<&CrossKv>) -> Result<Tensor> {
@@ -202,7 +198,7 @@ impl Gpt2 {
     }
 
     /// Cross-attention keys and values of the encoder states, one entry per layer.
-    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<Option<CrossKv>>> {
+    pub fn cross_kv(&self, enc: &Tensor) -> Result<Vec<CrossKv>> {
         self.blocks.iter().map(|b| b.cross_kv(enc)).collect()
     }
 
@@ -224,7 +220,7 @@ impl Gpt2 {
         ids: &[Vec<u32>],
         start: usize,
         caches: &mut [KvCache],
-        cross: &[Option<CrossKv>],
+        cross: Option<&[CrossKv]>,
     ) -> Result<Tensor> {
         let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
         if start + t > self.cfg.n_positions {
@@ -252,23 +248,9 @@ impl Gpt2 {
                     .wpe
                     .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?,
             )?;
-        for ((block, cache), kv) in self.blocks.iter().zip(caches.iter_mut()).zip(cross) {
-            x = block.forward(&x, cache, kv.as_ref())?;
+        for (i, (block, cache)) in self.blocks.iter().zip(caches.iter_mut()).enumerate() {
+            x = block.forward(&x, cache, cross.and_then(|c| c.get(i)))?;
         }
         self.lm_head.forward(&self.ln_f.forward(&x)?)
-    }
-}
-
-impl CrossKv {
-    pub fn batch(&self) -> usize {
-        self.k.dim(0)
-    }
-
-    /// Rows `rows` of the batch (beam search).
-    pub fn select_rows(&self, rows: &[usize]) -> Result<CrossKv> {
-        Ok(CrossKv {
-            k: select_rows(&self.k, rows)?,
-            v: select_rows(&self.v, rows)?,
-        })
     }
 }

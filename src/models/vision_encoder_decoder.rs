@@ -4,12 +4,12 @@
 
 use serde::Deserialize;
 
-use super::gpt2::{CrossKv, Gpt2, Gpt2Config};
+use super::gpt2::{Gpt2, Gpt2Config};
 use super::vit::{Vit, VitConfig};
 use crate::error::{Error, Result};
 use crate::generate::Decoder;
 use crate::io::Vb;
-use crate::nn::{KvCache, Linear};
+use crate::nn::{CrossKv, CrossView, KvCache, Linear};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,7 +30,7 @@ pub struct VisionEncoderDecoder {
 
 /// An encoded image: the decoder's cross-attention keys and values.
 pub struct EncodedImage {
-    cross: Vec<Option<CrossKv>>,
+    cross: Vec<CrossKv>,
 }
 
 impl VisionEncoderDecoder {
@@ -92,8 +92,7 @@ impl VisionEncoderDecoder {
         Ok(VedDecoder {
             model: self,
             caches: self.decoder.new_caches(1, &device)?,
-            cross: None,
-            image,
+            cross: CrossView::new(&image.cross),
             pos: 0,
         })
     }
@@ -107,20 +106,19 @@ impl VisionEncoderDecoder {
 pub struct VedDecoder<'a> {
     model: &'a VisionEncoderDecoder,
     caches: Vec<KvCache>,
-    /// Set once beams are reordered; until then the image's own (batch 1) entries serve.
-    cross: Option<Vec<Option<CrossKv>>>,
-    image: &'a EncodedImage,
+    cross: CrossView<'a>,
     pos: usize,
 }
 
 impl VedDecoder<'_> {
     /// Logits `[B, T, V]` of every new position.
     pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let cross = self.cross.as_deref().unwrap_or(&self.image.cross);
-        let logits = self
-            .model
-            .decoder
-            .forward(ids, self.pos, &mut self.caches, cross)?;
+        let logits = self.model.decoder.forward(
+            ids,
+            self.pos,
+            &mut self.caches,
+            Some(self.cross.layers()),
+        )?;
         self.pos += ids.first().map_or(0, |r| r.len());
         Ok(logits)
     }
@@ -137,21 +135,6 @@ impl Decoder for VedDecoder<'_> {
             .iter()
             .map(|c| c.select_rows(rows))
             .collect::<Result<_>>()?;
-        // every row attends to the same image, so the cross entries only follow the batch size
-        let have = self
-            .cross
-            .as_ref()
-            .map_or(1, |c| c.iter().flatten().next().map_or(1, |kv| kv.batch()));
-        if have != rows.len() {
-            let ones = vec![0; rows.len()];
-            self.cross = Some(
-                self.image
-                    .cross
-                    .iter()
-                    .map(|c| c.as_ref().map(|kv| kv.select_rows(&ones)).transpose())
-                    .collect::<Result<_>>()?,
-            );
-        }
-        Ok(())
+        self.cross.fit_batch(rows.len())
     }
 }

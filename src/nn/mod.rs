@@ -191,3 +191,57 @@ pub fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
 }
+
+/// One layer's cross-attention keys and values over encoder states `[B, H, Ne, Dh]`.
+pub struct CrossKv {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl CrossKv {
+    pub fn batch(&self) -> usize {
+        self.k.dim(0)
+    }
+
+    /// Row 0 repeated `n` times (every beam attends to the same image or question).
+    fn repeat(&self, n: usize) -> Result<CrossKv> {
+        let rows = vec![0; n];
+        Ok(CrossKv {
+            k: select_rows(&self.k, &rows)?,
+            v: select_rows(&self.v, &rows)?,
+        })
+    }
+}
+
+/// The per-layer cross-attention entries a decoder reads: the encoded input's own (batch 1)
+/// until beam search widens the batch, then a copy with one row per beam.
+pub struct CrossView<'a> {
+    base: &'a [CrossKv],
+    repeated: Option<Vec<CrossKv>>,
+}
+
+impl<'a> CrossView<'a> {
+    pub fn new(base: &'a [CrossKv]) -> CrossView<'a> {
+        CrossView {
+            base,
+            repeated: None,
+        }
+    }
+
+    pub fn layers(&self) -> &[CrossKv] {
+        self.repeated.as_deref().unwrap_or(self.base)
+    }
+
+    /// Makes the entries `n` rows wide (the rows are identical, so a reorder needs no more).
+    pub fn fit_batch(&mut self, n: usize) -> Result<()> {
+        if self.layers().first().map_or(n, CrossKv::batch) != n {
+            self.repeated = Some(
+                self.base
+                    .iter()
+                    .map(|kv| kv.repeat(n))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        Ok(())
+    }
+}
