@@ -228,9 +228,27 @@ pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
                    "text_config": {"vocab_size": v, "hidden_size": d, "intermediate_size": 4 * d, "num_hidden_layers": l,
                                    "num_attention_heads": if base { 8 } else { 4 }, "max_position_embeddings": 77, "eos_token_id": 2}})
         }
+        "blip" => {
+            // Salesforce/blip-image-captioning-base: ViT-B/16 at 384 px, BERT-base text with cross-attention
+            let (vision, d, l, v, bos) = if base {
+                (
+                    json!({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 384, "patch_size": 16}),
+                    768,
+                    12,
+                    30524,
+                    30522,
+                )
+            } else {
+                (vit(8), 32, 2, 120, 5)
+            };
+            json!({"architectures": ["BlipForConditionalGeneration"], "vision_config": vision,
+                   "text_config": {"vocab_size": v, "hidden_size": d, "encoder_hidden_size": d, "intermediate_size": 4 * d,
+                                   "num_hidden_layers": l, "num_attention_heads": if base { 12 } else { 4 },
+                                   "max_position_embeddings": 512, "bos_token_id": bos, "sep_token_id": 102, "pad_token_id": 0}})
+        }
         other => {
             return Err(crate::Error::Invalid(format!(
-                "unknown architecture {other:?}: git, vit-gpt2 or clip"
+                "unknown architecture {other:?}: git, vit-gpt2, blip or clip"
             )))
         }
     };
