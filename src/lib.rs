@@ -13,6 +13,7 @@ pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod rng;
+pub mod scenes;
 pub mod selfcheck;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]

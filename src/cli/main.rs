@@ -82,6 +82,17 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Writes synthetic scenes (PNG) and their captions and questions (scenes.jsonl)
+    Scenes {
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 16)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Shows the GPU adapter and the limits glimpse uses
     Info,
     /// Serves the web app (www/, pkg/, models/) on 127.0.0.1
@@ -443,6 +454,24 @@ fn main() -> anyhow::Result<()> {
                     println!("{:>6.2}%  {t}", p * 100.0);
                 }
             }
+        }
+        Command::Scenes {
+            seed,
+            count,
+            size,
+            out,
+        } => {
+            use std::io::Write;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut jsonl = std::fs::File::create(out.join("scenes.jsonl"))?;
+            for s in seed..seed + count {
+                let scene = glimpse::scenes::Scene::generate(s, size);
+                let file = format!("scene-{s:06}.png");
+                std::fs::write(out.join(&file), scene.png()?)?;
+                let line = serde_json::json!({"image": file, "seed": s, "caption": scene.caption(), "qa": scene.questions(), "objects": scene.objects});
+                writeln!(jsonl, "{line}")?;
+            }
+            println!("wrote {count} scenes to {}", out.display());
         }
         Command::Info => {
             let d = gpu()?;
