@@ -38,6 +38,8 @@ def word_tokenizer(texts):
                     for w in [w[0]]})
     vocab = {t: i for i, t in enumerate(SPECIAL + words)}
     tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    # registers the specials as special tokens, so decode(skip_special_tokens=True) drops [SEP]
+    tok.add_special_tokens(SPECIAL)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
