@@ -268,7 +268,7 @@ pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
 
 impl Vb<'_> {
     /// A GPT-2 `Conv1D` of `parts` equal outputs (c_attn: q, k, v) as separate Linears:
-    /// weight `[in, parts·out]`, bias `[parts·out]`.
+    /// weight `[in, parts·out]` (transposed here into Linear rows), bias `[parts·out]`.
     pub fn conv1d_split(
         &self,
         in_dim: usize,
@@ -276,39 +276,18 @@ impl Vb<'_> {
         parts: usize,
     ) -> Result<Vec<crate::nn::Linear>> {
         let (full, w) = self.values("weight", &[in_dim, parts * out_dim])?;
-        let (_, b) = self.values("bias", &[parts * out_dim])?;
-        let dtype = self.storage_dtype(in_dim);
-        (0..parts)
-            .map(|p| {
-                // rows of the transposed weight for part p: [out, in]
-                let mut t = vec![0f32; out_dim * in_dim];
-                for i in 0..in_dim {
-                    for o in 0..out_dim {
-                        t[o * in_dim + i] = w[i * parts * out_dim + p * out_dim + o];
-                    }
-                }
-                Ok(crate::nn::Linear {
-                    weight: Tensor::weight(
-                        &format!("{full}[{p}]"),
-                        &t,
-                        &[out_dim, in_dim],
-                        dtype,
-                        &self.device,
-                    )?,
-                    bias: Some(Tensor::from_f32(
-                        &b[p * out_dim..(p + 1) * out_dim],
-                        &[out_dim],
-                        &self.device,
-                    )?),
-                })
-            })
-            .collect()
+        let n = parts * out_dim;
+        // [in, parts·out] -> [parts·out, in]
+        let mut t = vec![0f32; w.len()];
+        for i in 0..in_dim {
+            for o in 0..n {
+                t[o * in_dim + i] = w[i * n + o];
+            }
+        }
+        self.split_rows(&full, &t, in_dim, out_dim, parts)
     }
-}
 
-impl Vb<'_> {
-    /// A fused `nn.Linear(in, parts·out)` (BLIP's `qkv`) as `parts` Linears: weight rows
-    /// `[p·out, (p+1)·out)` and the matching bias slice for part p.
+    /// A fused `nn.Linear(in, parts·out)` (BLIP's `qkv`) as `parts` Linears.
     pub fn linear_split(
         &self,
         in_dim: usize,
@@ -316,6 +295,19 @@ impl Vb<'_> {
         parts: usize,
     ) -> Result<Vec<crate::nn::Linear>> {
         let (full, w) = self.values("weight", &[parts * out_dim, in_dim])?;
+        self.split_rows(&full, &w, in_dim, out_dim, parts)
+    }
+
+    /// Linear p takes weight rows `[p·out, (p+1)·out)` of `w [parts·out, in]` and the matching
+    /// slice of this module's bias.
+    fn split_rows(
+        &self,
+        full: &str,
+        w: &[f32],
+        in_dim: usize,
+        out_dim: usize,
+        parts: usize,
+    ) -> Result<Vec<crate::nn::Linear>> {
         let (_, b) = self.values("bias", &[parts * out_dim])?;
         let dtype = self.storage_dtype(in_dim);
         (0..parts)
