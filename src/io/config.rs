@@ -77,3 +77,30 @@ pub enum Activation {
     #[serde(rename = "silu", alias = "swish")]
     Silu,
 }
+
+/// Serde defaults shared by the model configs (the values Hugging Face's config classes use).
+pub mod defaults {
+    use super::Activation;
+
+    pub fn eps_1e5() -> f64 {
+        1e-5
+    }
+    pub fn eps_1e12() -> f64 {
+        1e-12
+    }
+    pub fn gelu() -> Activation {
+        Activation::Gelu
+    }
+    pub fn gelu_new() -> Activation {
+        Activation::GeluTanh
+    }
+    pub fn quick_gelu() -> Activation {
+        Activation::QuickGelu
+    }
+    pub fn three() -> usize {
+        3
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}

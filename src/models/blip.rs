@@ -24,9 +24,9 @@ pub struct BlipVisionConfig {
     pub num_attention_heads: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "vision_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e5")]
     pub layer_norm_eps: f64,
-    #[serde(default = "gelu")]
+    #[serde(default = "crate::io::config::defaults::gelu")]
     pub hidden_act: Activation,
 }
 
@@ -39,9 +39,9 @@ pub struct BlipTextConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub max_position_embeddings: usize,
-    #[serde(default = "text_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e12")]
     pub layer_norm_eps: f64,
-    #[serde(default = "gelu")]
+    #[serde(default = "crate::io::config::defaults::gelu")]
     pub hidden_act: Activation,
     pub bos_token_id: u32,
     pub sep_token_id: u32,
@@ -53,16 +53,6 @@ pub struct BlipTextConfig {
 pub struct BlipConfig {
     pub vision_config: BlipVisionConfig,
     pub text_config: BlipTextConfig,
-}
-
-fn vision_eps() -> f64 {
-    1e-5
-}
-fn text_eps() -> f64 {
-    1e-12
-}
-fn gelu() -> Activation {
-    Activation::Gelu
 }
 
 // ---------------------------------------------------------------- vision
@@ -497,11 +487,7 @@ impl Decoder for BlipDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        self.caches = self
-            .caches
-            .iter()
-            .map(|c| c.select_rows(rows))
-            .collect::<Result<_>>()?;
+        crate::nn::reorder_caches(&mut self.caches, rows)?;
         self.cross.fit_batch(rows.len())
     }
 }

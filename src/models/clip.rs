@@ -19,20 +19,14 @@ pub struct TextConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub max_position_embeddings: usize,
-    #[serde(default = "ln_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e5")]
     pub layer_norm_eps: f64,
-    #[serde(default = "quick_gelu")]
+    #[serde(default = "crate::io::config::defaults::quick_gelu")]
     pub hidden_act: Activation,
     #[serde(default = "legacy_eos")]
     pub eos_token_id: u32,
 }
 
-fn ln_eps() -> f64 {
-    1e-5
-}
-fn quick_gelu() -> Activation {
-    Activation::QuickGelu
-}
 fn legacy_eos() -> u32 {
     2
 }

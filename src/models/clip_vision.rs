@@ -17,24 +17,14 @@ pub struct VisionConfig {
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::io::config::defaults::three")]
     pub num_channels: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "ln_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e5")]
     pub layer_norm_eps: f64,
-    #[serde(default = "quick_gelu")]
+    #[serde(default = "crate::io::config::defaults::quick_gelu")]
     pub hidden_act: Activation,
-}
-
-fn three() -> usize {
-    3
-}
-fn ln_eps() -> f64 {
-    1e-5
-}
-fn quick_gelu() -> Activation {
-    Activation::QuickGelu
 }
 
 impl VisionConfig {

@@ -23,9 +23,9 @@ pub struct GitConfig {
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
     pub max_position_embeddings: usize,
-    #[serde(default = "ln_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e12")]
     pub layer_norm_eps: f64,
-    #[serde(default = "gelu")]
+    #[serde(default = "crate::io::config::defaults::gelu")]
     pub hidden_act: Activation,
     #[serde(default)]
     pub num_image_with_embedding: Option<usize>,
@@ -34,13 +34,6 @@ pub struct GitConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
-}
-
-fn ln_eps() -> f64 {
-    1e-12
-}
-fn gelu() -> Activation {
-    Activation::Gelu
 }
 
 /// One BERT-style (post-LN) decoder layer: `attention.self.{query,key,value}`,
@@ -262,11 +255,6 @@ impl Decoder for GitDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        self.caches = self
-            .caches
-            .iter()
-            .map(|c| c.select_rows(rows))
-            .collect::<Result<_>>()?;
-        Ok(())
+        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

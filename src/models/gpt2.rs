@@ -19,24 +19,14 @@ pub struct Gpt2Config {
     pub n_head: usize,
     #[serde(default)]
     pub n_inner: Option<usize>,
-    #[serde(default = "gelu_new")]
+    #[serde(default = "crate::io::config::defaults::gelu_new")]
     pub activation_function: Activation,
-    #[serde(default = "ln_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e5")]
     pub layer_norm_epsilon: f64,
     #[serde(default)]
     pub add_cross_attention: bool,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::io::config::defaults::yes")]
     pub scale_attn_weights: bool,
-}
-
-fn gelu_new() -> Activation {
-    Activation::GeluTanh
-}
-fn ln_eps() -> f64 {
-    1e-5
-}
-fn yes() -> bool {
-    true
 }
 
 struct Block {

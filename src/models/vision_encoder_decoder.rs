@@ -130,11 +130,7 @@ impl Decoder for VedDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        self.caches = self
-            .caches
-            .iter()
-            .map(|c| c.select_rows(rows))
-            .collect::<Result<_>>()?;
+        crate::nn::reorder_caches(&mut self.caches, rows)?;
         self.cross.fit_batch(rows.len())
     }
 }

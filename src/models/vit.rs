@@ -17,27 +17,14 @@ pub struct VitConfig {
     pub intermediate_size: usize,
     pub image_size: usize,
     pub patch_size: usize,
-    #[serde(default = "three")]
+    #[serde(default = "crate::io::config::defaults::three")]
     pub num_channels: usize,
-    #[serde(default = "ln_eps")]
+    #[serde(default = "crate::io::config::defaults::eps_1e12")]
     pub layer_norm_eps: f64,
-    #[serde(default = "gelu")]
+    #[serde(default = "crate::io::config::defaults::gelu")]
     pub hidden_act: Activation,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::io::config::defaults::yes")]
     pub qkv_bias: bool,
-}
-
-fn three() -> usize {
-    3
-}
-fn ln_eps() -> f64 {
-    1e-12
-}
-fn gelu() -> Activation {
-    Activation::Gelu
-}
-fn yes() -> bool {
-    true
 }
 
 struct VitLayer {

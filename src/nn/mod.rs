@@ -124,6 +124,15 @@ impl KvCache {
     }
 }
 
+/// Every layer's cache keeps, drops or duplicates batch rows as `rows` says (beam search).
+pub fn reorder_caches(caches: &mut Vec<KvCache>, rows: &[usize]) -> Result<()> {
+    *caches = caches
+        .iter()
+        .map(|c| c.select_rows(rows))
+        .collect::<Result<_>>()?;
+    Ok(())
+}
+
 /// Multi-head self-attention with separate q, k, v and output projections (no cache): the
 /// attention block of CLIP, ViT and BLIP's vision layers.
 pub struct SelfAttention {
