@@ -5,6 +5,7 @@
 pub mod bench;
 mod cpu;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod image;

@@ -30,7 +30,19 @@ impl ModelFiles {
     /// Reads a model folder: config.json, preprocessor_config.json, tokenizer.json,
     /// generation_config.json (optional) and model.safetensors or its sharded index.
     #[cfg(not(target_arch = "wasm32"))]
+    /// A path to a GGUF file (written by `glimpse quantize`) loads that one file.
     pub fn from_dir(dir: &std::path::Path) -> Result<ModelFiles> {
+        if dir.is_file() {
+            let bytes = std::fs::read(dir)
+                .map_err(|e| Error::Weights(format!("{}: {e}", dir.display())))?;
+            if !crate::io::gguf::is_gguf(&bytes) {
+                return Err(Error::Weights(format!(
+                    "{} is neither a model folder nor a GGUF file",
+                    dir.display()
+                )));
+            }
+            return crate::io::gguf::model_files(bytes);
+        }
         let read = |name: &str| -> Result<Vec<u8>> {
             std::fs::read(dir.join(name))
                 .map_err(|e| Error::Weights(format!("{}: {e}", dir.join(name).display())))
@@ -126,7 +138,7 @@ impl Pipeline {
     /// Loads a model; Linear weights are stored as `dtype` (quantized while loading).
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Pipeline> {
         let arch = architecture(&files.config)?;
-        let weights = Weights::from_safetensors(files.weights.clone())?;
+        let weights = Weights::from_files(files.weights.clone())?;
         let vb = Vb::new(&weights, device, dtype);
         let model = match arch.as_str() {
             "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(&vb, &parse::<GitConfig>("config.json", &files.config)?)?)),

@@ -1,8 +1,10 @@
 // The page a person opens: shows the WebGPU adapter and its limits, then runs the kernel
 // self-check on WebGPU (or, without WebGPU, a CPU smoke run) and shows the result per kernel.
-// `?device=cpu` forces the CPU; `?seed=N` changes the inputs.
+// Then it loads the default model (models/scenes-git) and captions a sample scene.
+// `?device=cpu` forces the CPU; `?seed=N` changes the self-check inputs; `?scene=N` picks the
+// sample scene (default: the first held-out scene of the model's evaluation, 9000000).
 
-import { describeAdapter, formatBytes, messageOf, openEngine } from './engine.js';
+import { describeAdapter, formatBytes, loadWasm, messageOf, openEngine } from './engine.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -101,6 +103,96 @@ async function main() {
   $('selfcheck-time').textContent = `(${results.length} kernels, ${(ms / 1000).toFixed(1)} s${engine.device === 'cpu' ? ', CPU smoke run' : ''})`;
   const pass = results.length > 0 && results.every((r) => r.pass);
   setStatus(pass ? 'pass' : 'fail');
+  await captionScenes(engine);
+}
+
+/** Fetches the default model's files (served beside www/) and loads them. */
+async function loadDefaultModel(engine) {
+  const base = new URL('../models/scenes-git/', location.href);
+  const get = async (name) => {
+    const res = await fetch(new URL(name, base));
+    if (!res.ok) throw new Error(`${name}: HTTP ${res.status} from ${res.url}`);
+    return res;
+  };
+  const [config, generationConfig, preprocessorConfig, tokenizer, weights] = await Promise.all([
+    get('config.json').then((r) => r.text()),
+    get('generation_config.json').then((r) => r.text()),
+    get('preprocessor_config.json').then((r) => r.text()),
+    get('tokenizer.json').then((r) => r.arrayBuffer()),
+    get('model.safetensors').then((r) => r.arrayBuffer()),
+  ]);
+  return engine.loadModel({
+    config, generationConfig, preprocessorConfig,
+    tokenizer: new Uint8Array(tokenizer), weights: [new Uint8Array(weights)],
+  }, 'f32');
+}
+
+function showCaptionError(e) {
+  const el = $('caption-error');
+  el.textContent = messageOf(e);
+  el.hidden = false;
+}
+
+/** Streams a generation into `el` (data-state running → done) and returns its result. */
+async function stream(el, run) {
+  el.dataset.state = 'running';
+  el.textContent = '…';
+  const out = await run((text) => { el.textContent = text; return true; });
+  el.textContent = out.text;
+  el.dataset.state = 'done';
+  return out;
+}
+
+async function captionScenes(engine) {
+  const glimpse = await loadWasm();
+  const caption = $('caption-text');
+  let model;
+  try {
+    caption.textContent = 'loading the default model…';
+    model = await loadDefaultModel(engine);
+  } catch (e) {
+    caption.dataset.state = 'error';
+    caption.textContent = '';
+    showCaptionError(e);
+    return;
+  }
+  let handle = null;
+  let scene = null;
+
+  const show = async (seed) => {
+    $('caption-error').hidden = true;
+    scene = glimpse.sampleScene(seed, 64);
+    const img = $('scene-image');
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(new Blob([scene.png], { type: 'image/png' }));
+    img.alt = `sample scene ${seed}`;
+    img.dataset.seed = String(seed);
+    $('caption-expected').textContent = scene.caption;
+    $('question').value = scene.questions[0]?.question ?? '';
+    $('answer-text').textContent = '';
+    $('answer-text').dataset.state = 'idle';
+    $('answer-expected').textContent = '';
+    if (handle !== null) model.releaseImage(handle);
+    const t0 = performance.now();
+    handle = model.prepareImage(scene.png);
+    const out = await stream(caption, (cb) => model.caption(handle, {}, cb));
+    $('caption-time').textContent = `${out.new_tokens} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${engine.device === 'webgpu' ? 'WebGPU' : 'the CPU'}`;
+  };
+
+  const run = (f) => f().catch((e) => { console.error(e); showCaptionError(e); });
+
+  $('ask-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const q = $('question').value;
+    run(async () => {
+      const known = scene.questions.find((x) => x.question === q.trim());
+      $('answer-expected').textContent = '';
+      await stream($('answer-text'), (cb) => model.ask(handle, q, {}, cb));
+      if (known) $('answer-expected').textContent = `(the generator's answer: ${known.answer})`;
+    });
+  });
+  $('new-scene').addEventListener('click', () => run(() => show(9000000 + Math.floor(Math.random() * 1000000))));
+  await run(() => show(Number(params.get('scene') ?? 9000000)));
 }
 
 main().catch((e) => {

@@ -1,5 +1,6 @@
 //! The `glimpse` command line.
 
+mod default_model;
 mod serve;
 
 use std::path::PathBuf;
@@ -82,6 +83,42 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Scores a model on synthetic scenes: caption exact match and token F1, VQA accuracy per
+    /// question type (a table, and JSON with every prediction)
+    Eval {
+        /// a Hugging Face model folder; the embedded default model when not given
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "all")]
+        device: DeviceArg,
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "q8_0", "q4_0"])]
+        dtype: String,
+        /// the first scene's seed (the default model was trained on seeds from 1000000)
+        #[arg(long, default_value_t = 9_000_000)]
+        scenes_seed: u64,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// write the reports (one per device, every prediction included) as JSON
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// another report's JSON (e.g. tools/train_scenes.py --evaluate): count the items on
+        /// which each device makes the same prediction
+        #[arg(long)]
+        compare: Vec<PathBuf>,
+    },
+    /// Writes a model as one GGUF file with quantized Linear weights (config, preprocessor
+    /// config and tokenizer in its metadata); `--model FILE.gguf` loads it
+    Quantize {
+        /// a Hugging Face model folder; the embedded default model when not given
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "q8_0", value_parser = ["f32", "f16", "q8_0", "q4_0"])]
+        dtype: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Writes synthetic scenes (PNG) and their captions and questions (scenes.jsonl)
     Scenes {
         #[arg(long, default_value_t = 0)]
@@ -107,9 +144,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, …)
+    /// a Hugging Face model folder (config.json, model.safetensors, tokenizer.json, …); the
+    /// embedded default model (models/scenes-git) when not given
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "gpu")]
     device: DeviceArg,
     /// storage of Linear weights, quantized while loading
@@ -184,9 +222,21 @@ fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Gpu | DeviceArg::All => gpu()?,
     };
-    let files =
-        ModelFiles::from_dir(&m.model).with_context(|| format!("loading {}", m.model.display()))?;
-    Ok(Pipeline::load(&files, &device, DType::parse(&m.dtype)?)?)
+    Ok(Pipeline::load(
+        &model_files(m.model.as_deref())?,
+        &device,
+        DType::parse(&m.dtype)?,
+    )?)
+}
+
+/// The files of `--model`, or of the embedded default model.
+fn model_files(dir: Option<&std::path::Path>) -> anyhow::Result<ModelFiles> {
+    match dir {
+        Some(dir) => {
+            ModelFiles::from_dir(dir).with_context(|| format!("loading {}", dir.display()))
+        }
+        None => Ok(default_model::files()),
+    }
 }
 
 fn read_image(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
@@ -454,6 +504,85 @@ fn main() -> anyhow::Result<()> {
                     println!("{:>6.2}%  {t}", p * 100.0);
                 }
             }
+        }
+        Command::Eval {
+            model,
+            device,
+            dtype,
+            scenes_seed,
+            count,
+            size,
+            json,
+            compare,
+        } => {
+            let files = model_files(model.as_deref())?;
+            let others = compare
+                .iter()
+                .map(|path| -> anyhow::Result<(String, glimpse::eval::Report)> {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let report = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not an eval report", path.display()))?;
+                    let name = path
+                        .file_stem()
+                        .map_or("other".into(), |s| s.to_string_lossy().into_owned());
+                    Ok((name, report))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut reports = Vec::new();
+            for (d, label) in devices(device)? {
+                let p = Pipeline::load(&files, &d, DType::parse(&dtype)?)?;
+                let t0 = std::time::Instant::now();
+                let mut progress = |done: u64, total: u64| {
+                    if done.is_multiple_of(100) || done == total {
+                        eprintln!(
+                            "{label}: {done}/{total} scenes ({:.0} s)",
+                            t0.elapsed().as_secs_f64()
+                        );
+                    }
+                };
+                let report = pollster::block_on(glimpse::eval::evaluate(
+                    &p,
+                    scenes_seed,
+                    count,
+                    size,
+                    &mut progress,
+                ))?;
+                reports.push((label, report));
+            }
+            let columns: Vec<(&str, &glimpse::eval::Report)> = reports
+                .iter()
+                .chain(others.iter())
+                .map(|(l, r)| (l.as_str(), r))
+                .collect();
+            print!("{}", glimpse::eval::format_table(&columns));
+            for (i, (a, ra)) in columns.iter().enumerate() {
+                for (b, rb) in &columns[i + 1..] {
+                    let (same, n) = glimpse::eval::agreement(&ra.items, &rb.items);
+                    println!(
+                        "{a} and {b} agree on {same} of {n} predictions ({:.2}%)",
+                        100.0 * same as f64 / n.max(1) as f64
+                    );
+                }
+            }
+            if let Some(path) = json {
+                let map: serde_json::Map<String, serde_json::Value> = reports
+                    .iter()
+                    .map(|(l, r)| Ok((l.clone(), serde_json::to_value(r)?)))
+                    .collect::<anyhow::Result<_>>()?;
+                std::fs::write(&path, serde_json::to_string(&map)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Quantize { model, dtype, out } => {
+            let files = model_files(model.as_deref())?;
+            let bytes = glimpse::io::gguf::quantize_model(&files, DType::parse(&dtype)?)?;
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} ({} bytes, Linear weights {dtype})",
+                out.display(),
+                bytes.len()
+            );
         }
         Command::Scenes {
             seed,

@@ -1,6 +1,7 @@
-//! Reading models: weights (safetensors), configs, tokenizers.
+//! Reading models: weights (safetensors, GGUF), configs, tokenizers.
 
 pub mod config;
+pub mod gguf;
 pub mod tokenizer;
 pub mod weights;
 

@@ -18,10 +18,12 @@ struct Entry {
     end: usize,
 }
 
-/// The tensors of a checkpoint (one or more safetensors files), kept as the files' bytes.
+/// The tensors of a checkpoint (one or more safetensors files, or one GGUF file), kept as the
+/// files' bytes.
 pub struct Weights {
     files: Vec<Vec<u8>>,
     entries: HashMap<String, Entry>,
+    gguf: Option<super::gguf::GgufTensors>,
     /// Benchmarks of real model sizes without their checkpoints: every tensor the model asks
     /// for exists, filled from this seed (see [`Weights::random`]).
     random: Option<u64>,
@@ -82,6 +84,7 @@ impl Weights {
         Ok(Weights {
             files,
             entries,
+            gguf: None,
             random: None,
             handed_out: Default::default(),
         })
@@ -93,6 +96,7 @@ impl Weights {
         Weights {
             files: Vec::new(),
             entries: HashMap::new(),
+            gguf: None,
             random: Some(seed),
             handed_out: Default::default(),
         }
@@ -103,16 +107,56 @@ impl Weights {
         self.handed_out.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The tensors of a GGUF file (see [`super::gguf`]); quantized ones are dequantized when
+    /// read, and quantizing them again to their own format gives back the same blocks.
+    pub fn from_gguf(bytes: Vec<u8>) -> Result<Weights> {
+        Ok(Weights {
+            files: Vec::new(),
+            entries: HashMap::new(),
+            gguf: Some(super::gguf::GgufTensors::new(bytes)?),
+            random: None,
+            handed_out: Default::default(),
+        })
+    }
+
+    /// Safetensors or GGUF, told apart by the first file's magic bytes.
+    pub fn from_files(files: Vec<Vec<u8>>) -> Result<Weights> {
+        match files.as_slice() {
+            [one] if super::gguf::is_gguf(one) => {
+                Weights::from_gguf(files.into_iter().next().unwrap_or_default())
+            }
+            _ => Weights::from_safetensors(files),
+        }
+    }
+
     pub fn contains(&self, name: &str) -> bool {
-        self.random.is_some() || self.entries.contains_key(name)
+        self.random.is_some()
+            || self.entries.contains_key(name)
+            || self.gguf.as_ref().is_some_and(|g| g.shape(name).is_some())
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        if let Some(g) = &self.gguf {
+            return g.shape(name);
+        }
         self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.gguf {
+            Some(g) => g.names(),
+            None => self.entries.keys().cloned().collect(),
+        };
+        names.sort();
+        names
     }
 
     /// The values of a tensor as f32, with its shape.
     pub fn get_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        if let Some(g) = &self.gguf {
+            return g.get_f32(name);
+        }
         let e = self
             .entries
             .get(name)

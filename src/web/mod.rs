@@ -408,3 +408,29 @@ fn stream_to(f: Option<Function>) -> impl FnMut(&str) -> bool {
         None => true,
     }
 }
+
+/// A synthetic scene (the default model's world): `{seed, png: Uint8Array, caption, questions:
+/// [{kind, question, answer}]}`, the same as `glimpse scenes` writes for this seed.
+#[wasm_bindgen(js_name = sampleScene)]
+pub fn sample_scene(seed: f64, size: u32) -> Result<JsValue, JsError> {
+    if !(16..=512).contains(&size) {
+        return Err(JsError::new(&format!(
+            "scene size {size} is outside 16..=512 pixels"
+        )));
+    }
+    #[derive(serde::Serialize)]
+    struct Out {
+        seed: u64,
+        png: serde_bytes::ByteBuf,
+        caption: String,
+        questions: Vec<crate::scenes::Qa>,
+    }
+    let scene = crate::scenes::Scene::generate(seed as u64, size as usize);
+    let out = Out {
+        seed: scene.seed,
+        png: serde_bytes::ByteBuf::from(scene.png().map_err(js_err)?),
+        caption: scene.caption(),
+        questions: scene.questions(),
+    };
+    serde_wasm_bindgen::to_value(&out).map_err(js_err)
+}
