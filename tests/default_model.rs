@@ -64,3 +64,33 @@ fn default_model_agrees_with_pytorch_on_held_out_scenes() {
         );
     }
 }
+
+/// The CLI as a person runs it on a fresh clone: no `--model`, so the built-in default answers.
+#[test]
+fn the_cli_captions_and_answers_with_the_built_in_model() {
+    let bin = env!("CARGO_BIN_EXE_glimpse");
+    let dir = std::env::temp_dir().join(format!("glimpse-cli-default-{}", std::process::id()));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "glimpse {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let d = dir.to_str().unwrap();
+    run(&["scenes", "--seed", "9000001", "--count", "1", "--out", d]);
+    let png = dir.join("scene-9000001.png");
+    let png = png.to_str().unwrap();
+    let scene = glimpse::scenes::Scene::generate(9_000_001, 64);
+    // PyTorch captions this held-out scene and answers its 11 questions right
+    // (tests/fixtures/scenes-git/pytorch_eval.json)
+    let caption = run(&["caption", png, "--device", "cpu"]);
+    assert_eq!(caption.trim(), scene.caption());
+    for qa in &scene.questions() {
+        let answer = run(&["ask", png, &qa.question, "--device", "cpu"]);
+        assert_eq!(answer.trim(), qa.answer, "{}", qa.question);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

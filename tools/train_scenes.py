@@ -236,9 +236,13 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-limit", type=int, default=None)
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch auxiliary loss")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="bitwise-reproducible run (torch.use_deterministic_algorithms)")
     ap.add_argument("--check-forward", action="store_true", help="compare the training forward with model() and stop")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
     rng = random.Random(args.seed)
     torch.set_num_threads(os.cpu_count() or 2)
 
