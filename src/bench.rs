@@ -288,6 +288,7 @@ pub async fn bench_model(
         repetition_penalty: 1.0,
         no_repeat_ngram_size: 0,
         eos_token_ids: vec![],
+        yield_each_token: false,
     };
     let t0 = now_ms();
     let mut row = ModelBenchRow {

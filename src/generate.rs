@@ -43,6 +43,10 @@ pub struct GenerateOptions {
     pub repetition_penalty: f32,
     pub no_repeat_ngram_size: usize,
     pub eos_token_ids: Vec<u32>,
+    /// In the browser, return to the event loop after each token so that a worker can take a
+    /// cancel message in the middle of a generation (on WebGPU the readbacks already do; the
+    /// CPU path would otherwise run to the end without yielding). No effect natively.
+    pub yield_each_token: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +77,7 @@ impl GenerateOptions {
             repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
             no_repeat_ngram_size: g.no_repeat_ngram_size.unwrap_or(0),
             eos_token_ids: g.eos_token_id.clone(),
+            yield_each_token: false,
         }
     }
 
@@ -81,6 +86,29 @@ impl GenerateOptions {
             || self.repetition_penalty != 1.0
             || self.no_repeat_ngram_size > 0
             || self.min_new_tokens > 0
+    }
+}
+
+/// Lets the browser's event loop run (a macrotask: `setTimeout(0)`), so queued messages are
+/// handled; nothing natively.
+async fn yield_now() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use wasm_bindgen::JsCast;
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            let set_timeout = js_sys::Reflect::get(&js_sys::global(), &"setTimeout".into())
+                .ok()
+                .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            match set_timeout {
+                Some(f) => {
+                    let _ = f.call2(&wasm_bindgen::JsValue::NULL, &resolve, &0.into());
+                }
+                None => {
+                    let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+                }
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
     }
 }
 
@@ -129,6 +157,9 @@ pub async fn generate(
             logits.argmax_last_dim()?.to_vec_u32().await?[0]
         };
         seq.push(next);
+        if opts.yield_each_token {
+            yield_now().await;
+        }
         let go_on = on_token(next);
         if opts.eos_token_ids.contains(&next) || !go_on || step + 1 == opts.max_new_tokens {
             break;

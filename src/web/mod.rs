@@ -284,6 +284,8 @@ fn options(
     g.seed = o.seed.map_or(g.seed, |s| s as u64);
     g.repetition_penalty = o.repetition_penalty.unwrap_or(g.repetition_penalty);
     g.no_repeat_ngram_size = o.no_repeat_ngram_size.unwrap_or(g.no_repeat_ngram_size);
+    // on the CPU nothing else yields during a generation: a worker could not take a cancel
+    g.yield_each_token = matches!(p.device, Device::Cpu);
     Ok((g, o.prompt))
 }
 
@@ -307,6 +309,22 @@ impl Engine {
             tokenizer: f.tokenizer,
             weights: f.weights,
         };
+        let dtype = DType::parse(&dtype).map_err(js_err)?;
+        let pipeline = Pipeline::load(&files, &self.device, dtype).map_err(js_err)?;
+        Ok(JsModel {
+            pipeline,
+            images: Vec::new(),
+        })
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// `engine.loadGguf(bytes, dtype)`: a one-file model written by `glimpse quantize` (its
+    /// config, preprocessor config and tokenizer are in the file's metadata).
+    #[wasm_bindgen(js_name = loadGguf)]
+    pub fn load_gguf(&self, bytes: Vec<u8>, dtype: String) -> Result<JsModel, JsError> {
+        let files = crate::io::gguf::model_files(bytes).map_err(js_err)?;
         let dtype = DType::parse(&dtype).map_err(js_err)?;
         let pipeline = Pipeline::load(&files, &self.device, dtype).map_err(js_err)?;
         Ok(JsModel {

@@ -1,0 +1,193 @@
+// glimpse's JS API. Everything runs in a module Web Worker (worker.js) that owns the wasm
+// instance and the GPU device; this module only posts requests and streams the answers back.
+//
+//   import * as glimpse from './glimpse.js';
+//   const model = await glimpse.load('scenes-git', { device: 'auto', onProgress });
+//   const { text } = await model.caption(fileOrImage, { onToken: ({ text }) => …, signal });
+//   const { text: answer } = await model.ask(fileOrImage, 'what color is the ring?');
+//   const scores = await model.match(image, ['a cat', 'a dog']);          // CLIP models
+//
+// `model` is a catalog id (models/catalog.json), a URL of a model folder or of a .gguf file,
+// or an array of user-picked Files. Images are File/Blob, ImageBitmap, HTMLImageElement,
+// HTMLCanvasElement/OffscreenCanvas, ImageData or encoded bytes (Uint8Array/ArrayBuffer).
+
+const HERE = new URL('.', import.meta.url);
+export const DEFAULT_MODEL = 'scenes-git';
+export const CATALOG_URL = new URL('../models/catalog.json', HERE).href;
+
+let shared = null;
+
+/** One worker per page, shared by every model (and by widget.js). */
+export function worker() {
+  shared ??= new Client(new Worker(new URL('worker.js', HERE), { type: 'module' }));
+  return shared;
+}
+
+class Client {
+  constructor(w) {
+    this.w = w;
+    this.next = 1;
+    this.pending = new Map();
+    this.backend = null;
+    w.onmessage = (ev) => this.receive(ev.data);
+    w.onerror = (ev) => {
+      const err = new Error(`the glimpse worker failed: ${ev.message || 'could not start (is pkg/ built?)'}`);
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    };
+  }
+
+  receive(m) {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    if ('progress' in m) return p.onProgress?.(m.progress);
+    if ('text' in m) return p.onText?.(m.text);
+    this.pending.delete(m.id);
+    if ('error' in m) {
+      const e = new Error(m.error);
+      if (m.cancelled) e.name = 'AbortError';
+      p.reject(e);
+    } else {
+      p.resolve(m.result);
+    }
+  }
+
+  /** Posts a request; `signal` cancels it (queued: never runs; generating: stops at the next token). */
+  request(type, body = {}, { onProgress, onText, signal, transfer = [] } = {}) {
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(Object.assign(new Error('cancelled'), { name: 'AbortError' }));
+        return;
+      }
+      this.pending.set(id, { resolve, reject, onProgress, onText });
+      signal?.addEventListener('abort', () => this.w.postMessage({ type: 'cancel', target: id }), { once: true });
+      this.w.postMessage({ id, type, ...body }, transfer);
+    });
+  }
+
+  async init(device) {
+    this.backend ??= this.request('init', { device });
+    return this.backend;
+  }
+}
+
+/** Encoded image bytes (PNG) of anything image-like; encoded bytes pass through. */
+export async function imageBytes(image) {
+  if (image instanceof Uint8Array) return image;
+  if (image instanceof ArrayBuffer) return new Uint8Array(image);
+  if (typeof Blob !== 'undefined' && image instanceof Blob) return new Uint8Array(await image.arrayBuffer());
+  if (typeof HTMLImageElement !== 'undefined' && image instanceof HTMLImageElement) {
+    if (!image.complete) await image.decode();
+    if (!image.naturalWidth) throw new Error('the image has no pixels (it failed to load)');
+  }
+  const w = image.naturalWidth ?? image.displayWidth ?? image.width;
+  const h = image.naturalHeight ?? image.displayHeight ?? image.height;
+  if (!w || !h) throw new Error('not an image: give a File, Blob, ImageBitmap, <img>, canvas, ImageData or bytes');
+  const canvas = new OffscreenCanvas(w, h);
+  const ctx = canvas.getContext('2d');
+  if (typeof ImageData !== 'undefined' && image instanceof ImageData) ctx.putImageData(image, 0, 0);
+  else ctx.drawImage(image, 0, 0);
+  return new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer());
+}
+
+/** Where a model comes from, as the worker reads it. */
+function source(model, opts) {
+  if (Array.isArray(model) || (typeof FileList !== 'undefined' && model instanceof FileList)) return { files: Array.from(model) };
+  if (typeof model === 'string' && /^[\w.-]+$/.test(model) && !model.endsWith('.gguf')) {
+    return { catalog: model, catalogUrl: opts.catalog ?? CATALOG_URL, preferGguf: opts.dtype === 'q8_0' };
+  }
+  return { url: new URL(model, location.href).href };
+}
+
+/**
+ * Loads a model in the worker. Options: device ('auto' | 'webgpu' | 'cpu'; auto = WebGPU after a
+ * kernel self-test, else CPU), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
+ * total}), catalog (URL of a catalog.json).
+ */
+export async function load(model = DEFAULT_MODEL, opts = {}) {
+  const client = worker();
+  const backend = await client.init(opts.device ?? 'auto');
+  const info = await client.request('load', { source: source(model, opts), dtype: opts.dtype ?? 'f32' }, { onProgress: opts.onProgress });
+  return new Model(client, info, backend);
+}
+
+/** A loaded model. Images are encoded once and reused across captions and questions. */
+export class Model {
+  constructor(client, info, backend) {
+    this.client = client;
+    this.handle = info.handle;
+    this.architecture = info.architecture;
+    this.task = info.task;
+    this.bytes = info.bytes;
+    this.loadTimings = info.timings;
+    this.backend = backend;
+    this.images = new WeakMap();
+  }
+
+  /** The worker's handle of a prepared image (cached per image object). */
+  async prepare(image) {
+    const cacheable = typeof image === 'object' && image !== null;
+    if (cacheable && this.images.has(image)) return this.images.get(image);
+    const p = (async () => {
+      const t0 = performance.now();
+      const bytes = await imageBytes(image);
+      const t1 = performance.now();
+      const r = await this.client.request('prepare', { model: this.handle, bytes });
+      return { image: r.image, timings: { readMs: t1 - t0, encodeMs: r.ms } };
+    })();
+    if (cacheable) {
+      this.images.set(image, p);
+      p.catch(() => this.images.delete(image));
+    }
+    return p;
+  }
+
+  /** Frees a prepared image in the worker. */
+  async forget(image) {
+    const p = this.images.get(image);
+    if (!p) return;
+    this.images.delete(image);
+    const { image: handle } = await p;
+    await this.client.request('release', { model: this.handle, image: handle });
+  }
+
+  async generate(type, image, extra, opts = {}) {
+    const { onToken, signal, ...options } = opts;
+    const prepared = await this.prepare(image);
+    let last = '';
+    const out = await this.client.request(type, { model: this.handle, image: prepared.image, options, ...extra }, {
+      signal,
+      onText: (text) => {
+        const delta = text.startsWith(last) ? text.slice(last.length) : text;
+        last = text;
+        onToken?.({ text, delta });
+      },
+    });
+    return { ...out, timings: { ...prepared.timings, ...out.timings } };
+  }
+
+  /** `{text, ids, new_tokens, timings}`; options: onToken({text, delta}), signal, maxNewTokens, numBeams, prompt, … */
+  caption(image, opts) {
+    return this.generate('caption', image, {}, opts);
+  }
+
+  ask(image, question, opts) {
+    return this.generate('ask', image, { question }, opts);
+  }
+
+  /** Probability of each text for the image (CLIP). */
+  async match(image, texts) {
+    const prepared = await this.prepare(image);
+    return this.client.request('match', { model: this.handle, image: prepared.image, texts });
+  }
+
+  dispose() {
+    return this.client.request('dispose', { model: this.handle });
+  }
+}
+
+/** A synthetic scene from the default model's world: {seed, png, caption, questions}. */
+export function sampleScene(seed, size = 64) {
+  return worker().request('scene', { seed, size });
+}
