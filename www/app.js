@@ -195,6 +195,14 @@ async function captionScenes(engine) {
   await run(() => show(Number(params.get('scene') ?? 9000000)));
 }
 
+// offline: the service worker caches the shell, the wasm package and the default model
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js')
+    .then(() => navigator.serviceWorker.ready)
+    .then(() => { document.documentElement.dataset.offline = 'ready'; })
+    .catch((e) => { document.documentElement.dataset.offline = `unavailable: ${messageOf(e)}`; });
+}
+
 main().catch((e) => {
   console.error(e);
   showError(e);
