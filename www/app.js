@@ -179,7 +179,49 @@ async function captionScenes(engine) {
     $('caption-time').textContent = `${out.new_tokens} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${engine.device === 'webgpu' ? 'WebGPU' : 'the CPU'}`;
   };
 
-  const run = (f) => f().catch((e) => { console.error(e); showCaptionError(e); });
+  const run = (f) => f().catch((e) => {
+    console.warn(e);
+    if (caption.dataset.state === 'running') caption.dataset.state = 'error';
+    showCaptionError(e);
+  });
+
+  // a person's own image: file picker, drop or paste. A broken file is a visible error and the
+  // next image works.
+  const showFile = async (blob) => {
+    $('caption-error').hidden = true;
+    scene = { questions: [] };
+    const img = $('scene-image');
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(blob);
+    img.alt = blob.name ? `your image ${blob.name}` : 'your image';
+    delete img.dataset.seed;
+    $('caption-expected').textContent = '(your image: no reference caption)';
+    $('answer-text').textContent = '';
+    $('answer-expected').textContent = '';
+    if (handle !== null) model.releaseImage(handle);
+    handle = null;
+    caption.dataset.state = 'running';
+    caption.textContent = '…';
+    const t0 = performance.now();
+    handle = model.prepareImage(new Uint8Array(await blob.arrayBuffer()));
+    const out = await stream(caption, (cb) => model.caption(handle, {}, cb));
+    $('caption-time').textContent = `${out.new_tokens} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
+  };
+  $('image-file').addEventListener('change', (ev) => {
+    const f = ev.target.files?.[0];
+    if (f) run(() => showFile(f));
+  });
+  const zone = $('drop-zone');
+  zone.addEventListener('dragover', (ev) => ev.preventDefault());
+  zone.addEventListener('drop', (ev) => {
+    ev.preventDefault();
+    const f = ev.dataTransfer?.files?.[0];
+    if (f) run(() => showFile(f));
+  });
+  document.addEventListener('paste', (ev) => {
+    const f = [...(ev.clipboardData?.files ?? [])][0];
+    if (f) run(() => showFile(f));
+  });
 
   $('ask-form').addEventListener('submit', (ev) => {
     ev.preventDefault();

@@ -76,28 +76,48 @@ pub struct Pixels {
     pub data: Vec<f32>,
 }
 
+/// The largest width or height [`decode`] accepts.
+pub const MAX_SIDE: u32 = 16384;
+/// The most memory [`decode`] lets a decoder allocate.
+pub const MAX_DECODED_BYTES: u64 = 512 << 20;
+
 /// Decodes PNG, JPEG or WebP bytes to RGB: EXIF orientation applied, any transparency
 /// composited onto white (as `transformers.image_transforms.convert_to_rgb`), gray replicated.
 pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
     if bytes.is_empty() {
         return Err(Error::Image("the image file is empty (0 bytes)".into()));
     }
-    let reader = image::ImageReader::new(Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::Image(format!("cannot read the image: {e}")))?;
+    // a huge image is refused before its pixels are allocated (a wasm heap has 4 GiB at most)
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
     if reader.format().is_none() {
         return Err(Error::Image(
             "not an image glimpse can read (PNG, JPEG or WebP expected)".into(),
         ));
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| Error::Image(format!("cannot decode the image: {e}")))?;
+    let too_big = |e: image::ImageError| {
+        match e {
+        image::ImageError::Limits(_) => Error::Image(format!(
+            "the image is too large: glimpse reads images up to {MAX_SIDE}×{MAX_SIDE} pixels and {} MiB decoded",
+            MAX_DECODED_BYTES >> 20
+        )),
+        e => Error::Image(format!("cannot decode the image: {e}")),
+    }
+    };
+    let mut decoder = reader.into_decoder().map_err(too_big)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| Error::Image(format!("the image is damaged or truncated: {e}")))?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(_) => too_big(e),
+        e => Error::Image(format!("the image is damaged or truncated: {e}")),
+    })?;
     img.apply_orientation(orientation);
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
