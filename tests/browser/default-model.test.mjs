@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import { ROOT, BIN, SCREENSHOTS, WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
+import { ROOT, BIN, SCREENSHOTS, BASE_ARGS, WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
 
 const run = promisify(execFile);
 const SCENE = 9000003;
@@ -66,6 +66,32 @@ test('the page captions a sample scene with the default model on WebGPU', { time
   console.log(`Q: ${native.question} page: "${answer}", native: "${native.answer}"`);
   assert.equal(answer, native.answer);
   await page.screenshot({ path: join(SCREENSHOTS, 'default-model.png'), fullPage: true });
+  assertNoProblems(problems);
+});
+
+test('without WebGPU the page says so and captions on the CPU alike', { timeout: 400_000 }, async () => {
+  const browser = await launch(BASE_ARGS); // no --enable-unsafe-webgpu
+  const { page, problems } = await newPage(browser);
+  await page.goto(`${base}/www/?scene=${SCENE}`);
+  await page.waitForFunction(
+    () => ['done', 'error'].includes(document.getElementById('caption-text')?.dataset.state)
+      || !document.getElementById('caption-error').hidden,
+    null,
+    { timeout: 300_000 },
+  );
+  const shown = await page.evaluate(() => ({
+    backend: document.getElementById('backend').textContent,
+    device: document.getElementById('backend').dataset.device,
+    caption: document.getElementById('caption-text').textContent,
+    time: document.getElementById('caption-time').textContent,
+    error: document.getElementById('caption-error').textContent,
+  }));
+  console.log(`CPU page: "${shown.caption}" (${shown.time}); ${shown.backend}`);
+  assert.equal(shown.error, '');
+  assert.equal(shown.device, 'cpu');
+  assert.match(shown.backend, /runs on the CPU .*Reason: \S/);
+  assert.equal(shown.caption, native.caption);
+  assert.match(shown.time, /on the CPU/);
   assertNoProblems(problems);
 });
 
