@@ -29,8 +29,8 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Reads a model folder: config.json, preprocessor_config.json, tokenizer.json,
     /// generation_config.json (optional) and model.safetensors or its sharded index.
-    #[cfg(not(target_arch = "wasm32"))]
     /// A path to a GGUF file (written by `glimpse quantize`) loads that one file.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<ModelFiles> {
         if dir.is_file() {
             let bytes = std::fs::read(dir)
