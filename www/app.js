@@ -159,24 +159,38 @@ async function captionScenes(engine) {
   let handle = null;
   let scene = null;
 
-  const show = async (seed) => {
+  /**
+   * Shows and captions one image: `blob` (encoded bytes), `info` = {alt, seed, expected,
+   * questions} where the generator knows the answers (sample scenes).
+   */
+  const showImage = async (blob, info) => {
     $('caption-error').hidden = true;
-    scene = glimpse.sampleScene(seed, 64);
+    scene = info;
     const img = $('scene-image');
     if (img.src) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(new Blob([scene.png], { type: 'image/png' }));
-    img.alt = `sample scene ${seed}`;
-    img.dataset.seed = String(seed);
-    $('caption-expected').textContent = scene.caption;
-    $('question').value = scene.questions[0]?.question ?? '';
+    img.src = URL.createObjectURL(blob);
+    img.alt = info.alt;
+    if (info.seed === undefined) delete img.dataset.seed;
+    else img.dataset.seed = String(info.seed);
+    $('caption-expected').textContent = info.expected;
+    $('question').value = info.questions[0]?.question ?? $('question').value;
     $('answer-text').textContent = '';
     $('answer-text').dataset.state = 'idle';
     $('answer-expected').textContent = '';
     if (handle !== null) model.releaseImage(handle);
+    handle = null;
+    caption.dataset.state = 'running';
+    caption.textContent = '…';
     const t0 = performance.now();
-    handle = model.prepareImage(scene.png);
+    handle = model.prepareImage(new Uint8Array(await blob.arrayBuffer()));
     const out = await stream(caption, (cb) => model.caption(handle, {}, cb));
     $('caption-time').textContent = `${out.new_tokens} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s on ${engine.device === 'webgpu' ? 'WebGPU' : 'the CPU'}`;
+  };
+
+  const show = (seed) => {
+    const s = glimpse.sampleScene(seed, 64);
+    return showImage(new Blob([s.png], { type: 'image/png' }),
+      { alt: `sample scene ${seed}`, seed, expected: s.caption, questions: s.questions });
   };
 
   const run = (f) => f().catch((e) => {
@@ -187,26 +201,11 @@ async function captionScenes(engine) {
 
   // a person's own image: file picker, drop or paste. A broken file is a visible error and the
   // next image works.
-  const showFile = async (blob) => {
-    $('caption-error').hidden = true;
-    scene = { questions: [] };
-    const img = $('scene-image');
-    if (img.src) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(blob);
-    img.alt = blob.name ? `your image ${blob.name}` : 'your image';
-    delete img.dataset.seed;
-    $('caption-expected').textContent = '(your image: no reference caption)';
-    $('answer-text').textContent = '';
-    $('answer-expected').textContent = '';
-    if (handle !== null) model.releaseImage(handle);
-    handle = null;
-    caption.dataset.state = 'running';
-    caption.textContent = '…';
-    const t0 = performance.now();
-    handle = model.prepareImage(new Uint8Array(await blob.arrayBuffer()));
-    const out = await stream(caption, (cb) => model.caption(handle, {}, cb));
-    $('caption-time').textContent = `${out.new_tokens} tokens in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
-  };
+  const showFile = (blob) => showImage(blob, {
+    alt: blob.name ? `your image ${blob.name}` : 'your image',
+    expected: '(your image: no reference caption)',
+    questions: [],
+  });
   $('image-file').addEventListener('change', (ev) => {
     const f = ev.target.files?.[0];
     if (f) run(() => showFile(f));
