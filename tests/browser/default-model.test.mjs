@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import { ROOT, BIN, SCREENSHOTS, BASE_ARGS, WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
+import { ROOT, BIN, SCREENSHOTS, BASE_ARGS, WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll, waitForCaption } from './harness.mjs';
 
 const run = promisify(execFile);
 const SCENE = 9000003;
@@ -40,12 +40,7 @@ test('the page captions a sample scene with the default model on WebGPU', { time
   const browser = await launch(WEBGPU_ARGS);
   const { page, problems } = await newPage(browser);
   await page.goto(`${base}/www/?scene=${SCENE}`);
-  await page.waitForFunction(
-    () => ['done', 'error'].includes(document.getElementById('caption-text')?.dataset.state)
-      || !document.getElementById('caption-error').hidden,
-    null,
-    { timeout: 300_000 },
-  );
+  await waitForCaption(page);
   const shown = await page.evaluate(() => ({
     caption: document.getElementById('caption-text').textContent,
     expected: document.getElementById('caption-expected').textContent,
@@ -73,12 +68,7 @@ test('without WebGPU the page says so and captions on the CPU alike', { timeout:
   const browser = await launch(BASE_ARGS); // no --enable-unsafe-webgpu
   const { page, problems } = await newPage(browser);
   await page.goto(`${base}/www/?scene=${SCENE}`);
-  await page.waitForFunction(
-    () => ['done', 'error'].includes(document.getElementById('caption-text')?.dataset.state)
-      || !document.getElementById('caption-error').hidden,
-    null,
-    { timeout: 300_000 },
-  );
+  await waitForCaption(page);
   const shown = await page.evaluate(() => ({
     backend: document.getElementById('backend').textContent,
     device: document.getElementById('backend').dataset.device,

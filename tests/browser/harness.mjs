@@ -122,3 +122,13 @@ export async function stopAll() {
     server.kill('SIGTERM');
   }
 }
+
+/** Waits until the page's caption of its sample scene is done, failed, or an error is shown. */
+export function waitForCaption(page, timeout = 300_000) {
+  return page.waitForFunction(
+    () => ['done', 'error'].includes(document.getElementById('caption-text')?.dataset.state)
+      || !document.getElementById('caption-error').hidden,
+    null,
+    { timeout },
+  );
+}

@@ -6,7 +6,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
+import { WEBGPU_ARGS, launch, newPage, assertNoProblems, startServer, stopAll, waitForCaption } from './harness.mjs';
 
 let base;
 before(async () => {
@@ -14,12 +14,6 @@ before(async () => {
 });
 after(stopAll);
 
-const captionDone = (page) => page.waitForFunction(
-  () => ['done', 'error'].includes(document.getElementById('caption-text')?.dataset.state)
-    || !document.getElementById('caption-error').hidden,
-  null,
-  { timeout: 300_000 },
-);
 
 test('the page works offline after one visit and talks only to its own origin', { timeout: 600_000 }, async () => {
   const browser = await launch(WEBGPU_ARGS);
@@ -28,7 +22,7 @@ test('the page works offline after one visit and talks only to its own origin', 
   page.context().on('request', (r) => requests.push(r.url()));
 
   await page.goto(`${base}/www/?scene=9000003`);
-  await captionDone(page);
+  await waitForCaption(page);
   const online = await page.evaluate(() => document.getElementById('caption-text').textContent);
   await page.waitForFunction(() => document.documentElement.dataset.offline === 'ready', null, { timeout: 120_000 });
   const cached = await page.evaluate(async () => {
@@ -42,7 +36,7 @@ test('the page works offline after one visit and talks only to its own origin', 
 
   await page.context().setOffline(true);
   await page.reload();
-  await captionDone(page);
+  await waitForCaption(page);
   const offline = await page.evaluate(() => ({
     caption: document.getElementById('caption-text').textContent,
     error: document.getElementById('caption-error').textContent,
