@@ -8,6 +8,7 @@
 // the worker goes on serving.
 
 import init, * as wasm from '../pkg/glimpse.js';
+import { describeAdapter, messageOf } from './engine.js';
 
 let engine = null; // wasm Engine
 let backend = null; // {device, reason, adapter, selfcheck}
@@ -17,7 +18,6 @@ const cancelled = new Set();
 let queue = Promise.resolve();
 
 const post = (m) => self.postMessage(m);
-const messageOf = (e) => (e instanceof Error ? e.message : String(e));
 
 self.onmessage = (ev) => {
   const msg = ev.data;
@@ -40,29 +40,6 @@ async function serve(msg) {
   } finally {
     cancelled.delete(id);
   }
-}
-
-/** WebGPU adapter facts as the browser reports them (wgpu's are empty in browsers). */
-async function describeAdapter() {
-  if (!('gpu' in navigator) || !navigator.gpu) return { available: false, reason: 'this browser exposes no navigator.gpu (WebGPU is off or not supported here)' };
-  let adapter;
-  try {
-    adapter = await navigator.gpu.requestAdapter();
-  } catch (e) {
-    return { available: false, reason: `navigator.gpu.requestAdapter() failed: ${messageOf(e)}` };
-  }
-  if (!adapter) return { available: false, reason: 'navigator.gpu.requestAdapter() found no WebGPU adapter' };
-  const info = adapter.info ?? {};
-  const fallback = Boolean(info.isFallbackAdapter ?? adapter.isFallbackAdapter);
-  const text = [info.vendor, info.architecture, info.description || info.device].filter(Boolean).join(' · ');
-  return {
-    available: true,
-    vendor: info.vendor || '',
-    architecture: info.architecture || '',
-    label: text || 'unnamed adapter',
-    fallback,
-    emulated: fallback || /swiftshader|llvmpipe|lavapipe/i.test(text),
-  };
 }
 
 async function openCpu(reason) {
