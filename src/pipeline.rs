@@ -200,21 +200,31 @@ impl Pipeline {
 
     /// Decodes, preprocesses and encodes an image (PNG, JPEG or WebP bytes).
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage> {
+        let pixels = self.pixels(bytes)?;
+        self.encode_pixels(&pixels)
+    }
+
+    /// Decodes and preprocesses an image into the model's pixel tensor `[1, 3, H, W]`.
+    pub fn pixels(&self, bytes: &[u8]) -> Result<Tensor> {
         let px = self.processor.preprocess(&decode(bytes)?)?;
-        let pixels = Tensor::from_f32(&px.data, &[1, 3, px.height, px.width], &self.device)?;
+        Tensor::from_f32(&px.data, &[1, 3, px.height, px.width], &self.device)
+    }
+
+    /// Runs the vision side on preprocessed pixels (see [`Pipeline::pixels`]).
+    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<PreparedImage> {
         match &self.model {
             Model::Git(g) => {
-                let visual = g.encode_image(&pixels)?;
+                let visual = g.encode_image(pixels)?;
                 Ok(PreparedImage::Git(
                     g.image_prefix(&visual, g.cfg.max_position_embeddings)?,
                 ))
             }
-            Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(&pixels)?)),
-            Model::VisionEncoderDecoder(m) => Ok(PreparedImage::VisionEncoderDecoder(
-                m.encode_image(&pixels)?,
-            )),
+            Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(pixels)?)),
+            Model::VisionEncoderDecoder(m) => {
+                Ok(PreparedImage::VisionEncoderDecoder(m.encode_image(pixels)?))
+            }
             Model::Blip(b) => {
-                let image = b.encode_image(&pixels)?;
+                let image = b.encode_image(pixels)?;
                 let memory = if b.is_vqa() {
                     None
                 } else {

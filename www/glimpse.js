@@ -5,7 +5,7 @@
 //   const model = await glimpse.load('scenes-git', { device: 'auto', onProgress });
 //   const { text } = await model.caption(fileOrImage, { onToken: ({ text }) => …, signal });
 //   const { text: answer } = await model.ask(fileOrImage, 'what color is the ring?');
-//   const scores = await model.match(image, ['a cat', 'a dog']);          // CLIP models
+//   const labels = await model.match(image, ['a cat', 'a dog']);   // CLIP: [{label, score}], best first
 //
 // `model` is a catalog id (models/catalog.json), a URL of a model folder or of a .gguf file,
 // or an array of user-picked Files. Images are File/Blob, ImageBitmap, HTMLImageElement,
@@ -29,6 +29,7 @@ class Client {
     this.next = 1;
     this.pending = new Map();
     this.backend = null;
+    this.listeners = new Set();
     w.onmessage = (ev) => this.receive(ev.data);
     w.onerror = (ev) => {
       const err = new Error(`the glimpse worker failed: ${ev.message || 'could not start (is pkg/ built?)'}`);
@@ -38,6 +39,12 @@ class Client {
   }
 
   receive(m) {
+    if (m.event === 'backend') {
+      // the worker replaced a lost WebGPU device (or fell back to the CPU)
+      this.backend = Promise.resolve(m.backend);
+      for (const f of this.listeners) f(m.backend);
+      return;
+    }
     const p = this.pending.get(m.id);
     if (!p) return;
     if ('progress' in m) return p.onProgress?.(m.progress);
@@ -64,6 +71,12 @@ class Client {
       signal?.addEventListener('abort', () => this.w.postMessage({ type: 'cancel', target: id }), { once: true });
       this.w.postMessage({ id, type, ...body }, transfer);
     });
+  }
+
+  /** Calls `f(backend)` whenever the worker changes device (after a WebGPU device loss). */
+  onBackendChange(f) {
+    this.listeners.add(f);
+    return () => this.listeners.delete(f);
   }
 
   async init(device) {
@@ -103,7 +116,8 @@ function source(model, opts) {
 /**
  * Loads a model in the worker. Options: device ('auto' | 'webgpu' | 'cpu'; auto = WebGPU after a
  * kernel self-test, else CPU), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
- * total}), catalog (URL of a catalog.json).
+ * total, cached}), catalog (URL of a catalog.json). The model's `warnings` say what could not be
+ * stored for offline use (e.g. a full storage quota).
  */
 export async function load(model = DEFAULT_MODEL, opts = {}) {
   const client = worker();
@@ -121,6 +135,7 @@ export class Model {
     this.task = info.task;
     this.bytes = info.bytes;
     this.loadTimings = info.timings;
+    this.warnings = info.warnings ?? [];
     this.backend = backend;
     this.images = new WeakMap();
   }
@@ -134,7 +149,7 @@ export class Model {
       const bytes = await imageBytes(image);
       const t1 = performance.now();
       const r = await this.client.request('prepare', { model: this.handle, bytes });
-      return { image: r.image, timings: { readMs: t1 - t0, encodeMs: r.ms } };
+      return { image: r.image, timings: { readMs: t1 - t0, preprocessMs: r.preprocessMs, encodeMs: r.encodeMs } };
     })();
     if (cacheable) {
       this.images.set(image, p);
@@ -154,6 +169,7 @@ export class Model {
 
   async generate(type, image, extra, opts = {}) {
     const { onToken, signal, ...options } = opts;
+    const reused = typeof image === 'object' && image !== null && this.images.has(image);
     const prepared = await this.prepare(image);
     let last = '';
     const out = await this.client.request(type, { model: this.handle, image: prepared.image, options, ...extra }, {
@@ -164,7 +180,9 @@ export class Model {
         onToken?.({ text, delta });
       },
     });
-    return { ...out, timings: { ...prepared.timings, ...out.timings } };
+    // a reused image was encoded by an earlier request: its encode cost is not this request's
+    const imageTimings = reused ? { imageReused: true } : prepared.timings;
+    return { ...out, timings: { ...imageTimings, ...out.timings } };
   }
 
   /** `{text, ids, new_tokens, timings}`; options: onToken({text, delta}), signal, maxNewTokens, numBeams, prompt, … */
@@ -176,10 +194,16 @@ export class Model {
     return this.generate('ask', image, { question }, opts);
   }
 
-  /** Probability of each text for the image (CLIP). */
+  /**
+   * Zero-shot labels (CLIP): `[{label, score}]`, best first, scores summing to 1 over `texts`;
+   * the array carries `timings` ({readMs, encodeMs, matchMs}).
+   */
   async match(image, texts) {
     const prepared = await this.prepare(image);
-    return this.client.request('match', { model: this.handle, image: prepared.image, texts });
+    const r = await this.client.request('match', { model: this.handle, image: prepared.image, texts });
+    const out = texts.map((label, i) => ({ label, score: r.scores[i] })).sort((a, b) => b.score - a.score);
+    out.timings = { ...prepared.timings, ...r.timings };
+    return out;
   }
 
   dispose() {

@@ -5,15 +5,28 @@
 // and on the way {id, progress} (downloads) or {id, text} (each generated token). Requests run
 // one at a time in arrival order; {type: 'cancel', target} stops a queued request before it
 // starts, or a running generation at its next token. An error answers its own request only:
-// the worker goes on serving.
+// the worker goes on serving. Events not tied to a request ({event: 'backend', backend}) tell
+// the page that the device changed (after a WebGPU device loss).
+//
+// Model files fetched from a URL are kept in the Cache API (the same cache the service worker
+// fills), each only after it arrived whole and matched the catalog's byte count and sha256.
+// A storage error (quota) does not fail the load: it comes back as a warning.
+//
+// WebGPU device loss: before each request and after each failed one the worker asks the engine
+// whether its device was lost. If so it opens a new device (or falls back to the CPU), reloads
+// every model from its source and re-encodes the prepared images, keeping their handles; the
+// request that hit the loss fails with a message that says so, and the next one runs.
 
 import init, * as wasm from '../pkg/glimpse.js';
 import { describeAdapter, messageOf } from './engine.js';
 
 let engine = null; // wasm Engine
 let backend = null; // {device, reason, adapter, selfcheck}
-const models = new Map(); // id -> {model, info}
+let requestedDevice = 'auto';
+const models = new Map(); // handle -> {model, info, source, dtype, images: Map<handle, {bytes, inner}>}
 let nextModel = 1;
+let nextImage = 1;
+const MODEL_CACHE = 'models-glimpse-v1'; // = sw.js MODELS
 const cancelled = new Set();
 let queue = Promise.resolve();
 
@@ -34,12 +47,52 @@ async function serve(msg) {
     if (cancelled.has(id)) throw Object.assign(new Error('cancelled'), { cancelled: true });
     const handler = HANDLERS[msg.type];
     if (!handler) throw new Error(`unknown request ${msg.type}`);
+    if (msg.type !== 'init' && lostReason()) await recover(lostReason());
     post({ id, result: await handler(msg) });
   } catch (e) {
-    post({ id, error: messageOf(e), cancelled: Boolean(e?.cancelled) || cancelled.has(id) });
+    let error = messageOf(e);
+    const lost = await waitForLoss();
+    if (lost) {
+      try {
+        const b = await recover(lost);
+        error = `the WebGPU device was lost (${lost}) during this request; glimpse opened ${b.device === 'webgpu' ? 'a new WebGPU device' : 'the CPU'} and reloaded the model: run the request again`;
+      } catch (r) {
+        error = `the WebGPU device was lost (${lost}) and could not be reopened: ${messageOf(r)}`;
+      }
+    }
+    post({ id, error, cancelled: Boolean(e?.cancelled) || cancelled.has(id) });
   } finally {
     cancelled.delete(id);
   }
+}
+
+function lostReason() {
+  return engine?.lostReason?.() ?? null;
+}
+
+/** WebGPU reports a loss asynchronously: after a failed GPU request, give it a moment to arrive. */
+async function waitForLoss() {
+  if (!engine || engine.device !== 'webgpu') return null;
+  for (let i = 0; i < 10 && !lostReason(); i += 1) await new Promise((r) => setTimeout(r, 20));
+  return lostReason();
+}
+
+/** A new engine after device loss, then every model and prepared image again, same handles. */
+async function recover(reason) {
+  try { engine?.free?.(); } catch { /* the old engine's device is gone */ }
+  engine = null;
+  const previous = backend;
+  backend = await openEngine(requestedDevice === 'cpu' ? 'cpu' : 'auto');
+  backend.recoveredFrom = reason;
+  if (previous?.device === 'webgpu' && backend.device === 'cpu') backend.reason = `the WebGPU device was lost (${reason}) and could not be reopened; ${backend.reason}`;
+  for (const [, rec] of models) {
+    const files = await fetchModel(rec.source, null);
+    try { rec.model.free?.(); } catch { /* belonged to the lost device */ }
+    rec.model = files.gguf ? engine.loadGguf(files.gguf, rec.dtype) : engine.loadModel(files, rec.dtype);
+    for (const img of rec.images.values()) img.inner = rec.model.prepareImage(img.bytes);
+  }
+  post({ event: 'backend', backend });
+  return backend;
 }
 
 async function openCpu(reason) {
@@ -70,7 +123,7 @@ async function openEngine(device) {
     const t0 = performance.now();
     const results = await engine.selfcheck(1);
     const failed = results.filter((r) => !r.pass);
-    selfcheck = { pass: failed.length === 0, ms: performance.now() - t0, cases: results.length };
+    selfcheck = { pass: failed.length === 0, ms: performance.now() - t0, cases: results.length, results };
     if (failed.length) {
       engine.free?.();
       const why = failed.map((r) => `${r.case} off by ${r.max_abs_diff}`).join(', ');
@@ -80,34 +133,88 @@ async function openEngine(device) {
   return { device: 'webgpu', reason: null, adapter, selfcheck, limits: engine.info() };
 }
 
-/** Fetches a URL into bytes, reporting {file, loaded, total} as it arrives. */
-async function download(url, file, id) {
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${url}`);
-  const total = Number(res.headers.get('content-length')) || null;
+async function sha256(bytes) {
+  const d = await crypto.subtle.digest('SHA-256', bytes);
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+const warnings = new Map(); // request id -> [warning]
+const warn = (id, text) => {
+  if (id === null) return;
+  if (!warnings.has(id)) warnings.set(id, []);
+  warnings.get(id).push(text);
+};
+
+/**
+ * Fetches a URL into bytes, reporting {file, loaded, total, cached} as it arrives. `expect`
+ * ({bytes, sha256}, from the catalog) is checked before the bytes are used or cached. A file in
+ * the model cache is used without a download.
+ */
+async function download(url, file, id, expect = {}) {
+  const report = (p) => id !== null && post({ id, progress: { file, ...p } });
+  const href = String(url);
+  const cacheable = /^https?:/.test(href) && typeof caches !== 'undefined';
+  let cache = null;
+  if (cacheable) {
+    try {
+      cache = await caches.open(MODEL_CACHE);
+      const hit = await cache.match(href);
+      if (hit) {
+        const b = new Uint8Array(await hit.arrayBuffer());
+        if (await verified(b, expect)) {
+          report({ loaded: b.length, total: b.length, cached: true });
+          return b;
+        }
+        await cache.delete(href); // a stale or damaged copy is never used
+      }
+    } catch (e) {
+      warn(id, `${file}: the model cache cannot be read (${messageOf(e)})`);
+      cache = null;
+    }
+  }
+  const res = await fetch(href);
+  if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${href}`);
+  const total = Number(res.headers.get('content-length')) || expect.bytes || null;
+  let out;
   if (!res.body) {
-    const b = new Uint8Array(await res.arrayBuffer());
-    post({ id, progress: { file, loaded: b.length, total: b.length } });
-    return b;
+    out = new Uint8Array(await res.arrayBuffer());
+    report({ loaded: out.length, total: out.length });
+  } else {
+    const reader = res.body.getReader();
+    const chunks = [];
+    let loaded = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      loaded += value.length;
+      report({ loaded, total });
+    }
+    if (total !== null && loaded !== total) throw new Error(`${file}: the download stopped at ${loaded} of ${total} bytes`);
+    out = new Uint8Array(loaded);
+    let at = 0;
+    for (const c of chunks) {
+      out.set(c, at);
+      at += c.length;
+    }
   }
-  const reader = res.body.getReader();
-  const chunks = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    chunks.push(value);
-    loaded += value.length;
-    post({ id, progress: { file, loaded, total } });
-  }
-  if (total !== null && loaded !== total) throw new Error(`${file}: the download stopped at ${loaded} of ${total} bytes`);
-  const out = new Uint8Array(loaded);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
+  if (expect.bytes !== undefined && out.length !== expect.bytes) throw new Error(`${file}: ${out.length} bytes arrived, the catalog says ${expect.bytes}`);
+  if (expect.sha256 && (await sha256(out)) !== expect.sha256) throw new Error(`${file}: the sha256 of the download differs from the catalog's; it was not used`);
+  if (cache) {
+    try {
+      await cache.put(href, new Response(out, { headers: { 'content-type': res.headers.get('content-type') ?? 'application/octet-stream' } }));
+    } catch (e) {
+      const quota = e?.name === 'QuotaExceededError' || /quota/i.test(messageOf(e));
+      warn(id, `${file} was not stored for offline use: ${quota ? 'the browser\'s storage quota is full' : messageOf(e)}`);
+    }
   }
   return out;
+}
+
+async function verified(bytes, expect) {
+  if (expect.bytes !== undefined && bytes.length !== expect.bytes) return false;
+  if (expect.sha256 && (await sha256(bytes)) !== expect.sha256) return false;
+  return true;
 }
 
 const utf8 = (b) => new TextDecoder().decode(b);
@@ -117,14 +224,16 @@ async function fetchModel(source, id) {
   if (source.files) return readLocalFiles(source.files);
   if (source.catalog) {
     const catalogUrl = new URL(source.catalogUrl, self.location.href);
-    const catalog = JSON.parse(utf8(await download(catalogUrl, 'catalog.json', id)));
+    const res = await fetch(catalogUrl);
+    if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status} from ${catalogUrl}`);
+    const catalog = await res.json();
     const entry = catalog.models.find((m) => m.id === source.catalog);
     if (!entry) throw new Error(`the catalog has no model ${source.catalog} (it has ${catalog.models.map((m) => m.id).join(', ')})`);
     const files = entry.files.map((f) => ({ ...f, href: new URL(f.url, catalogUrl).href }));
     const pick = (n) => files.find((f) => f.name === n);
     if (source.preferGguf && files.some((f) => f.name.endsWith('.gguf'))) {
       const g = files.find((f) => f.name.endsWith('.gguf'));
-      return { gguf: await download(g.href, g.name, id) };
+      return { gguf: await download(g.href, g.name, id, g) };
     }
     const get = async (n, optional = false) => {
       const f = pick(n);
@@ -132,7 +241,7 @@ async function fetchModel(source, id) {
         if (optional) return null;
         throw new Error(`catalog entry ${entry.id} lists no ${n}`);
       }
-      return download(f.href, n, id);
+      return download(f.href, n, id, f);
     };
     return assemble(await get('config.json'), await get('generation_config.json', true),
       await get('preprocessor_config.json'), await get('tokenizer.json'), [await get('model.safetensors')]);
@@ -177,10 +286,18 @@ function assemble(config, generation, preprocessor, tokenizer, weights) {
   };
 }
 
-function model(id) {
-  const m = models.get(id);
-  if (!m) throw new Error(`no loaded model ${id} (it was disposed?)`);
-  return m.model;
+function record(h) {
+  const m = models.get(h);
+  if (!m) throw new Error(`no loaded model ${h} (it was disposed?)`);
+  return m;
+}
+
+/** The wasm model and the wasm handle of a prepared image. */
+function modelImage(h, image) {
+  const rec = record(h);
+  const img = rec.images.get(image);
+  if (!img) throw new Error(`no prepared image ${image} (it was released?)`);
+  return [rec.model, img.inner];
 }
 
 /** Runs a generation, posting each text so far and stopping when the request is cancelled. */
@@ -204,6 +321,7 @@ const HANDLERS = {
   async init({ device = 'auto' }) {
     await init();
     if (engine) return backend;
+    requestedDevice = device;
     backend = await openEngine(device);
     return backend;
   },
@@ -211,7 +329,13 @@ const HANDLERS = {
   async load({ id, source, dtype = 'f32' }) {
     if (!engine) throw new Error('the worker has no engine yet (init first)');
     const t0 = performance.now();
-    const files = await fetchModel(source, id);
+    let files;
+    try {
+      files = await fetchModel(source, id);
+    } catch (e) {
+      warnings.delete(id);
+      throw e;
+    }
     const t1 = performance.now();
     const m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
     const handle = nextModel++;
@@ -221,32 +345,52 @@ const HANDLERS = {
       task: m.task,
       bytes: files.gguf ? files.gguf.length : files.weights.reduce((n, w) => n + w.length, 0),
       timings: { downloadMs: t1 - t0, loadMs: performance.now() - t1 },
+      warnings: warnings.get(id) ?? [],
     };
-    models.set(handle, { model: m, info });
+    warnings.delete(id);
+    models.set(handle, { model: m, info, source, dtype, images: new Map() });
     return info;
   },
 
   async prepare({ model: h, bytes }) {
-    const t0 = performance.now();
-    const image = model(h).prepareImage(bytes);
-    return { image, ms: performance.now() - t0 };
+    const rec = record(h);
+    const { handle: inner, preprocessMs, encodeMs } = rec.model.prepareImageTimed(bytes);
+    const image = nextImage++;
+    rec.images.set(image, { bytes, inner });
+    return { image, preprocessMs, encodeMs };
   },
 
   async release({ model: h, image }) {
-    models.get(h)?.model.releaseImage(image);
+    const rec = models.get(h);
+    const img = rec?.images.get(image);
+    if (img) {
+      rec.images.delete(image);
+      rec.model.releaseImage(img.inner);
+    }
     return true;
   },
 
+  /** Destroys the WebGPU device as a driver reset would: tests use it to check recovery. */
+  async loseDevice() {
+    engine?.destroyDevice?.();
+    return engine?.device ?? null;
+  },
+
   async caption(msg) {
-    return generate(msg, (cb) => model(msg.model).caption(msg.image, msg.options ?? {}, cb));
+    const [m, image] = modelImage(msg.model, msg.image);
+    return generate(msg, (cb) => m.caption(image, msg.options ?? {}, cb));
   },
 
   async ask(msg) {
-    return generate(msg, (cb) => model(msg.model).ask(msg.image, msg.question, msg.options ?? {}, cb));
+    const [m, image] = modelImage(msg.model, msg.image);
+    return generate(msg, (cb) => m.ask(image, msg.question, msg.options ?? {}, cb));
   },
 
-  async match({ model: h, image, texts }) {
-    return Array.from(await model(h).matchTexts(image, texts));
+  async match({ model: h, image: i, texts }) {
+    const [m, image] = modelImage(h, i);
+    const t0 = performance.now();
+    const scores = Array.from(await m.matchTexts(image, texts));
+    return { scores, timings: { matchMs: performance.now() - t0 } };
   },
 
   async dispose({ model: h }) {

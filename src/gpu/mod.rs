@@ -260,6 +260,18 @@ impl GpuContext {
         &self.summary
     }
 
+    /// Why the device was lost (`None` while it works). WebGPU reports the loss asynchronously,
+    /// so a request may fail with a readback error first and see the reason here afterwards.
+    pub fn lost_reason(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    /// Destroys the device, as a driver reset or a closed GPU process would. The engine then
+    /// reports the loss on its next GPU operation; used to test recovery.
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
     /// Fails if the device was lost or a GPU validation error was reported since the last check.
     pub(crate) fn check(&self) -> Result<()> {
         if let Some(reason) = lock(&self.lost).clone() {

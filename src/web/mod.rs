@@ -93,6 +93,24 @@ impl Engine {
         }
     }
 
+    /// Why the WebGPU device was lost, or `undefined` while it works (always on the CPU).
+    #[wasm_bindgen(js_name = lostReason)]
+    pub fn lost_reason(&self) -> Option<String> {
+        match &self.device {
+            Device::Cpu => None,
+            Device::Gpu(ctx) => ctx.lost_reason(),
+        }
+    }
+
+    /// Destroys the WebGPU device as a driver reset would (no-op on the CPU). For testing that
+    /// the worker recovers from device loss.
+    #[wasm_bindgen(js_name = destroyDevice)]
+    pub fn destroy_device(&self) {
+        if let Device::Gpu(ctx) = &self.device {
+            ctx.destroy();
+        }
+    }
+
     /// Output of a self-check case (see `caseNames()`) with inputs drawn from `seed`.
     #[wasm_bindgen(js_name = runCase)]
     pub async fn run_case(&self, name: String, seed: f64) -> Result<Vec<f32>, JsError> {
@@ -357,6 +375,26 @@ impl JsModel {
         let prepared = self.pipeline.prepare_image(bytes).map_err(js_err)?;
         self.images.push(Some(prepared));
         Ok((self.images.len() - 1) as u32)
+    }
+
+    /// As `prepareImage`, timed: `{handle, preprocessMs, encodeMs}`. On WebGPU the encode time
+    /// is the time to record and submit the vision tower; the GPU may finish it later (its
+    /// remainder then shows up in the first token's time).
+    #[wasm_bindgen(js_name = prepareImageTimed)]
+    pub fn prepare_image_timed(&mut self, bytes: &[u8]) -> Result<JsValue, JsError> {
+        let t0 = performance_now();
+        let pixels = self.pipeline.pixels(bytes).map_err(js_err)?;
+        let t1 = performance_now();
+        let prepared = self.pipeline.encode_pixels(&pixels).map_err(js_err)?;
+        let t2 = performance_now();
+        self.images.push(Some(prepared));
+        let out = js_sys::Object::new();
+        let set =
+            |k: &str, v: f64| Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
+        set("handle", (self.images.len() - 1) as f64).map_err(|_| js_err("Reflect.set"))?;
+        set("preprocessMs", t1 - t0).map_err(|_| js_err("Reflect.set"))?;
+        set("encodeMs", t2 - t1).map_err(|_| js_err("Reflect.set"))?;
+        Ok(out.into())
     }
 
     #[wasm_bindgen(js_name = releaseImage)]
