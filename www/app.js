@@ -322,6 +322,7 @@ function renderRecent() {
     b.className = 'thumb';
     b.setAttribute('aria-pressed', String(img === state.current));
     b.title = img.caption ?? img.alt;
+    b.setAttribute('aria-label', `show ${img.alt}${img.caption ? `: ${img.caption}` : ''}`);
     const t = document.createElement('img');
     t.src = img.url;
     t.alt = img.caption ? `${img.alt}: ${img.caption}` : img.alt;
@@ -505,6 +506,7 @@ function renderLabels({ rows, time }) {
   table.hidden = false;
   table.dataset.state = 'done';
   $('labels-time').textContent = time;
+  $('caption-time').textContent = time;
   const c = $('caption-text');
   c.textContent = `best label: ${rows[0].label} (${(rows[0].score * 100).toFixed(1)}%)`;
   c.dataset.state = 'done';

@@ -9,8 +9,9 @@
 // the page that the device changed (after a WebGPU device loss).
 //
 // Model files fetched from a URL are kept in the Cache API (the same cache the service worker
-// fills), each only after it arrived whole and matched the catalog's byte count and sha256.
-// A storage error (quota) does not fail the load: it comes back as a warning.
+// fills), once every file arrived whole, matched the catalog's byte count and sha256, and the
+// model loaded; all of a model's files are stored or none. A storage error (quota) does not fail
+// the load: it comes back as a warning.
 //
 // WebGPU device loss: before each request and after each failed one the worker asks the engine
 // whether its device was lost. If so it opens a new device (or falls back to the CPU), reloads
@@ -200,15 +201,35 @@ async function download(url, file, id, expect = {}) {
   }
   if (expect.bytes !== undefined && out.length !== expect.bytes) throw new Error(`${file}: ${out.length} bytes arrived, the catalog says ${expect.bytes}`);
   if (expect.sha256 && (await sha256(out)) !== expect.sha256) throw new Error(`${file}: the sha256 of the download differs from the catalog's; it was not used`);
-  if (cache) {
-    try {
-      await cache.put(href, new Response(out, { headers: { 'content-type': res.headers.get('content-type') ?? 'application/octet-stream' } }));
-    } catch (e) {
-      const quota = e?.name === 'QuotaExceededError' || /quota/i.test(messageOf(e));
-      warn(id, `${file} was not stored for offline use: ${quota ? 'the browser\'s storage quota is full' : messageOf(e)}`);
-    }
+  if (cache && id !== null) {
+    if (!toStore.has(id)) toStore.set(id, []);
+    toStore.get(id).push({ href, file, bytes: out, type: res.headers.get('content-type') ?? 'application/octet-stream' });
   }
   return out;
+}
+
+const toStore = new Map(); // request id -> downloaded files to cache once the model loaded
+
+/**
+ * Caches the files a load downloaded, all or none: if one cannot be stored (a full quota), the
+ * ones already stored are removed again, and the load returns a warning instead of failing.
+ */
+async function storeDownloads(id) {
+  const files = toStore.get(id) ?? [];
+  toStore.delete(id);
+  if (!files.length) return;
+  const cache = await caches.open(MODEL_CACHE);
+  const done = [];
+  try {
+    for (const f of files) {
+      await cache.put(f.href, new Response(f.bytes, { headers: { 'content-type': f.type } }));
+      done.push(f.href);
+    }
+  } catch (e) {
+    for (const href of done) await cache.delete(href).catch(() => {});
+    const quota = e?.name === 'QuotaExceededError' || /quota/i.test(messageOf(e));
+    warn(id, `The model was not stored for offline use: ${quota ? 'the browser\'s storage quota for this site is full' : messageOf(e)}. It works now, and will be downloaded again next time.`);
+  }
 }
 
 async function verified(bytes, expect) {
@@ -334,10 +355,19 @@ const HANDLERS = {
       files = await fetchModel(source, id);
     } catch (e) {
       warnings.delete(id);
+      toStore.delete(id);
       throw e;
     }
     const t1 = performance.now();
-    const m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
+    let m;
+    try {
+      m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
+    } catch (e) {
+      toStore.delete(id); // files that do not load are not kept
+      warnings.delete(id);
+      throw e;
+    }
+    await storeDownloads(id);
     const handle = nextModel++;
     const info = {
       handle,

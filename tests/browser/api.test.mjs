@@ -90,7 +90,7 @@ for (const [device, args] of [['auto', WEBGPU_ARGS], ['cpu', BASE_ARGS]]) {
       assert.equal(got.backend.device, 'cpu');
     }
     assert.equal(got.architecture, 'GitForCausalLM');
-    assert.ok(got.progress.includes('model.safetensors') && got.progress.includes('catalog.json'), got.progress.join(', '));
+    assert.ok(got.progress.includes('model.safetensors') && got.progress.includes('config.json'), got.progress.join(', '));
     assert.equal(got.caption, native.caption);
     assert.ok(got.pieces.length > 1, `the caption should stream in pieces: ${JSON.stringify(got.pieces)}`);
     assert.equal(got.pieces.join('').trim(), got.caption);

@@ -19,7 +19,7 @@ let tmp;
 
 /** Waits until the page's self-check is no longer running; returns its state and the visible text. */
 async function waitForSelfcheck(page, timeout = 120_000) {
-  const states = ['pass', 'fail', 'error'];
+  const states = ['pass', 'fail', 'error', 'skipped'];
   await page.waitForFunction(
     (s) => s.includes(document.getElementById('selfcheck-status')?.dataset.state),
     states,
@@ -203,10 +203,11 @@ test('without WebGPU', { timeout: 600_000 }, async () => {
   {
     const { page, problems } = await newPage(browser, { allowConsole });
     await page.goto(`${base}/www/`);
-    const r = await waitForSelfcheck(page, 300_000); // every case runs twice on the wasm CPU
-    console.log(`backend: ${r.backend}\n${r.table}`);
-    assert.equal(r.state, 'pass', `CPU smoke run ended as ${r.state}: ${r.error}\n${r.table}`);
-    assert.equal(r.status.trim(), 'pass');
+    const r = await waitForSelfcheck(page, 300_000);
+    console.log(`backend: ${r.backend}\nself-test: ${r.status}`);
+    // the worker found no adapter, so there is no GPU to test: it runs on the CPU and says why
+    assert.equal(r.state, 'skipped', `the self-test ended as ${r.state}: ${r.error}`);
+    assert.match(r.status, /no WebGPU/);
     assert.match(r.backend, /CPU/);
     assert.match(r.backend, /reason/i);
     assert.match(r.backend, /adapter|webgpu|navigator\.gpu/i);
@@ -241,10 +242,22 @@ test('without navigator.gpu (browsers with no WebGPU at all)', { timeout: 300_00
   }
   {
     const { page, problems } = await newPage(browser);
+    // the page's computations run in glimpse's worker, where init scripts do not reach: start
+    // every worker through a module that hides its navigator.gpu first (and holds the messages
+    // that arrive before the real worker module has set its handler)
+    await page.addInitScript(() => {
+      const Original = window.Worker;
+      window.Worker = class extends Original {
+        constructor(url, opts) {
+          const src = `Object.defineProperty(WorkerNavigator.prototype, 'gpu', { get: () => undefined, configurable: true });\nconst early = []; self.onmessage = (e) => early.push(e);\nawait import(${JSON.stringify(new URL(url, location.href).href)});\nfor (const e of early) self.onmessage(e);`;
+          super(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), opts);
+        }
+      };
+    });
     await page.addInitScript(hideGpu);
     await page.goto(`${base}/www/`);
     const r = await waitForSelfcheck(page, 300_000);
-    assert.equal(r.state, 'pass', `CPU smoke run ended as ${r.state}: ${r.error}\n${r.table}`);
+    assert.equal(r.state, 'skipped', `the self-test ended as ${r.state}: ${r.error}`);
     assert.match(r.backend, /CPU/);
     assert.match(r.backend, /navigator\.gpu/);
     assertNoProblems(problems);
