@@ -87,10 +87,16 @@ async function recover(reason) {
   backend.recoveredFrom = reason;
   if (previous?.device === 'webgpu' && backend.device === 'cpu') backend.reason = `the WebGPU device was lost (${reason}) and could not be reopened; ${backend.reason}`;
   for (const [, rec] of models) {
-    const files = await fetchModel(rec.source, null);
-    try { rec.model.free?.(); } catch { /* belonged to the lost device */ }
-    rec.model = files.gguf ? engine.loadGguf(files.gguf, rec.dtype) : engine.loadModel(files, rec.dtype);
-    for (const img of rec.images.values()) img.inner = rec.model.prepareImage(img.bytes);
+    try { rec.model?.free?.(); } catch { /* belonged to the lost device */ }
+    rec.model = null;
+    try {
+      const files = await fetchModel(rec.source, null);
+      rec.model = files.gguf ? engine.loadGguf(files.gguf, rec.dtype) : engine.loadModel(files, rec.dtype);
+      for (const img of rec.images.values()) img.inner = rec.model.prepareImage(img.bytes);
+      rec.broken = null;
+    } catch (e) {
+      rec.broken = `it could not be reloaded after the WebGPU device was lost: ${messageOf(e)}`;
+    }
   }
   post({ event: 'backend', backend });
   return backend;
@@ -310,6 +316,7 @@ function assemble(config, generation, preprocessor, tokenizer, weights) {
 function record(h) {
   const m = models.get(h);
   if (!m) throw new Error(`no loaded model ${h} (it was disposed?)`);
+  if (m.broken) throw new Error(`the model cannot run: ${m.broken}; load it again`);
   return m;
 }
 
@@ -395,7 +402,7 @@ const HANDLERS = {
     const img = rec?.images.get(image);
     if (img) {
       rec.images.delete(image);
-      rec.model.releaseImage(img.inner);
+      rec.model?.releaseImage(img.inner);
     }
     return true;
   },
@@ -426,7 +433,7 @@ const HANDLERS = {
   async dispose({ model: h }) {
     const m = models.get(h);
     models.delete(h);
-    m?.model.free?.();
+    m?.model?.free?.();
     return true;
   },
 
