@@ -1,5 +1,6 @@
-// Shared by the page and the benchmark page: loads the wasm, describes the WebGPU adapter as the
-// browser reports it, and opens an engine on WebGPU with the CPU (wasm) as the fallback.
+// Shared helpers. The worker (worker.js) uses describeAdapter and messageOf; the app page uses
+// formatBytes and messageOf; the benchmark page, which runs engines on its own main thread,
+// uses loadWasm and openEngine (WebGPU with the CPU as the fallback).
 
 let ready = null;
 
