@@ -356,37 +356,27 @@ const HANDLERS = {
 
   async load({ id, source, dtype = 'f32' }) {
     if (!engine) throw new Error('the worker has no engine yet (init first)');
-    const t0 = performance.now();
-    let files;
     try {
-      files = await fetchModel(source, id);
-    } catch (e) {
+      const t0 = performance.now();
+      const files = await fetchModel(source, id);
+      const t1 = performance.now();
+      const m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
+      await storeDownloads(id); // only files that loaded are kept
+      const handle = nextModel++;
+      const info = {
+        handle,
+        architecture: m.architecture,
+        task: m.task,
+        bytes: files.gguf ? files.gguf.length : files.weights.reduce((n, w) => n + w.length, 0),
+        timings: { downloadMs: t1 - t0, loadMs: performance.now() - t1 },
+        warnings: warnings.get(id) ?? [],
+      };
+      models.set(handle, { model: m, info, source, dtype, images: new Map() });
+      return info;
+    } finally {
       warnings.delete(id);
       toStore.delete(id);
-      throw e;
     }
-    const t1 = performance.now();
-    let m;
-    try {
-      m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
-    } catch (e) {
-      toStore.delete(id); // files that do not load are not kept
-      warnings.delete(id);
-      throw e;
-    }
-    await storeDownloads(id);
-    const handle = nextModel++;
-    const info = {
-      handle,
-      architecture: m.architecture,
-      task: m.task,
-      bytes: files.gguf ? files.gguf.length : files.weights.reduce((n, w) => n + w.length, 0),
-      timings: { downloadMs: t1 - t0, loadMs: performance.now() - t1 },
-      warnings: warnings.get(id) ?? [],
-    };
-    warnings.delete(id);
-    models.set(handle, { model: m, info, source, dtype, images: new Map() });
-    return info;
   },
 
   async prepare({ model: h, bytes }) {

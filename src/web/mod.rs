@@ -352,6 +352,14 @@ impl Engine {
     }
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PreparedTimed {
+    handle: u32,
+    preprocess_ms: f64,
+    encode_ms: f64,
+}
+
 #[wasm_bindgen(js_class = Model)]
 impl JsModel {
     #[wasm_bindgen(getter)]
@@ -388,13 +396,12 @@ impl JsModel {
         let prepared = self.pipeline.encode_pixels(&pixels).map_err(js_err)?;
         let t2 = performance_now();
         self.images.push(Some(prepared));
-        let out = js_sys::Object::new();
-        let set =
-            |k: &str, v: f64| Reflect::set(&out, &JsValue::from_str(k), &JsValue::from_f64(v));
-        set("handle", (self.images.len() - 1) as f64).map_err(|_| js_err("Reflect.set"))?;
-        set("preprocessMs", t1 - t0).map_err(|_| js_err("Reflect.set"))?;
-        set("encodeMs", t2 - t1).map_err(|_| js_err("Reflect.set"))?;
-        Ok(out.into())
+        let timed = PreparedTimed {
+            handle: (self.images.len() - 1) as u32,
+            preprocess_ms: t1 - t0,
+            encode_ms: t2 - t1,
+        };
+        serde_wasm_bindgen::to_value(&timed).map_err(js_err)
     }
 
     #[wasm_bindgen(js_name = releaseImage)]
