@@ -168,7 +168,7 @@ async function download(url, file, id, expect = {}) {
       const hit = await cache.match(href);
       if (hit) {
         const b = new Uint8Array(await hit.arrayBuffer());
-        if (await verified(b, expect)) {
+        if (!(await mismatch(b, expect))) {
           report({ loaded: b.length, total: b.length, cached: true });
           return b;
         }
@@ -205,8 +205,8 @@ async function download(url, file, id, expect = {}) {
       at += c.length;
     }
   }
-  if (expect.bytes !== undefined && out.length !== expect.bytes) throw new Error(`${file}: ${out.length} bytes arrived, the catalog says ${expect.bytes}`);
-  if (expect.sha256 && (await sha256(out)) !== expect.sha256) throw new Error(`${file}: the sha256 of the download differs from the catalog's; it was not used`);
+  const why = await mismatch(out, expect);
+  if (why) throw new Error(`${file}: ${why}; it was not used`);
   if (cache && id !== null) {
     if (!toStore.has(id)) toStore.set(id, []);
     toStore.get(id).push({ href, file, bytes: out, type: res.headers.get('content-type') ?? 'application/octet-stream' });
@@ -238,10 +238,11 @@ async function storeDownloads(id) {
   }
 }
 
-async function verified(bytes, expect) {
-  if (expect.bytes !== undefined && bytes.length !== expect.bytes) return false;
-  if (expect.sha256 && (await sha256(bytes)) !== expect.sha256) return false;
-  return true;
+/** Why `bytes` are not the file the catalog describes (`expect` = {bytes, sha256}), or null. */
+async function mismatch(bytes, expect) {
+  if (expect.bytes !== undefined && bytes.length !== expect.bytes) return `${bytes.length} bytes arrived, the catalog says ${expect.bytes}`;
+  if (expect.sha256 && (await sha256(bytes)) !== expect.sha256) return 'its sha256 differs from the catalog\'s';
+  return null;
 }
 
 const utf8 = (b) => new TextDecoder().decode(b);
