@@ -2,12 +2,17 @@
 //! a person asks for: caption an image, answer a question about it, match it against texts.
 //! The image is prepared once ([`Pipeline::prepare_image`]) and serves any number of requests.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::image::{decode, ImageProcessorConfig};
-use crate::io::config::{architecture, parse, GenerationConfig};
-use crate::io::tokenizer::Tokenizer;
-use crate::io::{Vb, Weights};
+use crate::io::config::{architecture, parse, parse_config, GenerationConfig};
+use crate::io::files::{pick_weights, WeightSet, META_FILES};
+use crate::io::gguf;
+use crate::io::stream::{LoadOptions, LoadStats, Loader, ModelSource, WeightFile};
+use crate::io::tokenizer::{Tokenizer, TokenizerFiles};
+use crate::io::Vb;
 use crate::models::blip::{Blip, BlipConfig, BlipMemory};
 use crate::models::clip::{logits_per_image, Clip, ClipConfig};
 use crate::models::git::{Git, GitConfig, ImagePrefix};
@@ -16,77 +21,436 @@ use crate::models::vision_encoder_decoder::{
 };
 use crate::tensor::{DType, Device, Tensor};
 
-/// The files of a Hugging Face model folder, as bytes (from disk, URLs or a file picker).
+/// The files of a Hugging Face model folder held in memory: the small files by name (see
+/// `io::files::META_FILES`) and the weight files in load order. Large checkpoints are better
+/// streamed ([`Pipeline::load_path`] natively, the loader from JS in the browser).
+#[derive(Clone, Default)]
 pub struct ModelFiles {
-    pub config: String,
-    pub generation_config: Option<String>,
-    pub preprocessor_config: String,
-    pub tokenizer: Vec<u8>,
-    /// model.safetensors, or every shard
-    pub weights: Vec<Vec<u8>>,
+    pub meta: BTreeMap<String, Vec<u8>>,
+    /// (file name, bytes): model.safetensors, its shards, pytorch_model.bin, or one .gguf
+    pub weights: Vec<(String, Vec<u8>)>,
+    /// a sharded checkpoint's tensor -> file map
+    pub index: Option<HashMap<String, String>>,
 }
 
 impl ModelFiles {
-    /// Reads a model folder: config.json, preprocessor_config.json, tokenizer.json,
-    /// generation_config.json (optional) and model.safetensors or its sharded index.
-    /// A path to a GGUF file (written by `glimpse quantize`) loads that one file.
+    /// Reads a model folder (or one GGUF file) into memory.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path) -> Result<ModelFiles> {
-        if dir.is_file() {
-            let bytes = std::fs::read(dir)
-                .map_err(|e| Error::Weights(format!("{}: {e}", dir.display())))?;
-            if !crate::io::gguf::is_gguf(&bytes) {
-                return Err(Error::Weights(format!(
-                    "{} is neither a model folder nor a GGUF file",
-                    dir.display()
-                )));
-            }
-            return crate::io::gguf::model_files(bytes);
-        }
-        let read = |name: &str| -> Result<Vec<u8>> {
-            std::fs::read(dir.join(name))
-                .map_err(|e| Error::Weights(format!("{}: {e}", dir.join(name).display())))
-        };
-        let text = |name: &str| -> Result<String> {
-            String::from_utf8(read(name)?)
-                .map_err(|_| Error::Config(format!("{name} is not UTF-8 text")))
-        };
-        let weights = if dir.join("model.safetensors").exists() {
-            vec![read("model.safetensors")?]
-        } else if dir.join("model.safetensors.index.json").exists() {
-            let index: serde_json::Value = parse(
-                "model.safetensors.index.json",
-                &text("model.safetensors.index.json")?,
-            )?;
-            let mut shards: Vec<String> = index["weight_map"]
-                .as_object()
-                .ok_or_else(|| {
-                    Error::Config("model.safetensors.index.json has no weight_map".into())
-                })?
-                .values()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            shards.iter().map(|s| read(s)).collect::<Result<_>>()?
-        } else {
-            return Err(Error::Weights(format!(
-                "{} has no model.safetensors (or model.safetensors.index.json)",
-                dir.display()
-            )));
-        };
+        let (meta, set) = read_dir_meta(dir)?;
+        let weights = set
+            .files
+            .iter()
+            .map(|f| {
+                let path = if dir.is_file() {
+                    dir.to_path_buf()
+                } else {
+                    dir.join(f)
+                };
+                std::fs::read(&path)
+                    .map(|b| (f.clone(), b))
+                    .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))
+            })
+            .collect::<Result<_>>()?;
         Ok(ModelFiles {
-            config: text("config.json")?,
-            generation_config: dir
-                .join("generation_config.json")
-                .exists()
-                .then(|| text("generation_config.json"))
-                .transpose()?,
-            preprocessor_config: text("preprocessor_config.json")?,
-            tokenizer: read("tokenizer.json")?,
+            meta,
             weights,
+            index: set.index,
         })
     }
+}
+
+/// The small files and the weight files of a folder on disk (or of one `.gguf` file).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_dir_meta(dir: &std::path::Path) -> Result<(BTreeMap<String, Vec<u8>>, WeightSet)> {
+    let io =
+        |p: &std::path::Path, e: std::io::Error| Error::Weights(format!("{}: {e}", p.display()));
+    if dir.is_file() {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !name.ends_with(".gguf") {
+            return Err(Error::Weights(format!(
+                "{} is neither a model folder nor a GGUF file",
+                dir.display()
+            )));
+        }
+        return Ok((
+            BTreeMap::new(),
+            WeightSet {
+                files: vec![name],
+                index: None,
+            },
+        ));
+    }
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut meta = BTreeMap::new();
+    for n in META_FILES {
+        if names.iter().any(|x| x == n) {
+            let p = dir.join(n);
+            meta.insert(n.to_string(), std::fs::read(&p).map_err(|e| io(&p, e))?);
+        }
+    }
+    let set = pick_weights(&names, &mut |n| {
+        let p = dir.join(n);
+        std::fs::read(&p).map_err(|e| io(&p, e))
+    })
+    .map_err(|e| match e {
+        Error::Weights(m) => Error::Weights(format!("{}: {m}", dir.display())),
+        e => e,
+    })?;
+    Ok((meta, set))
+}
+
+/// A model described by its small files, parsed and checked before any weight is read: the
+/// architecture and its config, the image processor, the tokenizer, the generation defaults.
+pub struct ModelSpec {
+    architecture: String,
+    config_json: String,
+    generation_json: Option<String>,
+    preprocessor_json: String,
+    processor: ImageProcessorConfig,
+    tokenizer: Tokenizer,
+    generation: GenerationConfig,
+}
+
+/// The architectures glimpse runs.
+pub const ARCHITECTURES: &str = "GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel";
+
+impl ModelSpec {
+    /// Parses and checks the metadata files (by name, as `io::files::META_FILES`).
+    pub fn from_files(meta: &BTreeMap<String, Vec<u8>>) -> Result<ModelSpec> {
+        let text = |name: &str| -> Result<Option<String>> {
+            meta.get(name)
+                .map(|b| {
+                    String::from_utf8(b.clone())
+                        .map_err(|_| Error::Config(format!("{name} is not UTF-8 text")))
+                })
+                .transpose()
+        };
+        let config_json = text("config.json")?
+            .ok_or_else(|| Error::Config("the model has no config.json".into()))?;
+        let arch = architecture(&config_json)?;
+        let mut head = crate::io::config::value("config.json", &config_json)?;
+        crate::io::config::strip_nulls(&mut head);
+        let model_type = head
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let preprocessor_json = text("preprocessor_config.json")?
+            .ok_or_else(|| Error::Config("the model has no preprocessor_config.json".into()))?;
+        let processor = ImageProcessorConfig::from_json_for(&preprocessor_json, &model_type)?;
+        let tokenizer = Tokenizer::from_files(&TokenizerFiles {
+            tokenizer_json: meta.get("tokenizer.json").map(Vec::as_slice),
+            vocab_txt: meta.get("vocab.txt").map(Vec::as_slice),
+            vocab_json: meta.get("vocab.json").map(Vec::as_slice),
+            merges_txt: meta.get("merges.txt").map(Vec::as_slice),
+            tokenizer_config: meta.get("tokenizer_config.json").map(Vec::as_slice),
+            special_tokens_map: meta.get("special_tokens_map.json").map(Vec::as_slice),
+            added_tokens: meta.get("added_tokens.json").map(Vec::as_slice),
+            model_type: &model_type,
+        })?;
+        let generation_json = text("generation_config.json")?;
+        let generation = match &generation_json {
+            Some(t) => parse("generation_config.json", t)?,
+            None => generation_from_model_config(&head)?,
+        };
+        let spec = ModelSpec {
+            architecture: arch,
+            config_json,
+            generation_json,
+            preprocessor_json,
+            processor,
+            tokenizer,
+            generation,
+        };
+        // the config must describe a model glimpse can build (checked without weights)
+        let plan = crate::io::Weights::plan(None, Default::default());
+        spec.build(&Vb::new(&plan, &Device::Cpu, DType::F32))?;
+        Ok(spec)
+    }
+
+    /// `architectures[0]` of config.json.
+    pub fn arch_name(&self) -> &str {
+        &self.architecture
+    }
+
+    /// What the model does.
+    pub fn task(&self) -> Task {
+        match self.architecture.as_str() {
+            "CLIPModel" | "clip" => Task::Match,
+            "BlipForQuestionAnswering" => Task::Answer,
+            _ => Task::Caption,
+        }
+    }
+}
+
+/// generation_config.json is optional: without it transformers builds the generation defaults
+/// from config.json (`GenerationConfig.from_model_config`): its own fields first, then, for
+/// fields still unset, the decoder's config (a VisionEncoderDecoder's `decoder`, BLIP's
+/// `text_config`).
+fn generation_from_model_config(config: &serde_json::Value) -> Result<GenerationConfig> {
+    let mut merged = config
+        .get("decoder")
+        .or_else(|| config.get("text_config"))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    crate::io::config::merge(&mut merged, config.clone());
+    // only the generation fields are read; the rest of the config is ignored
+    crate::io::config::from_value("config.json (generation defaults)", merged)
+}
+
+impl ModelSource for ModelSpec {
+    type Model = Model;
+
+    fn build(&self, vb: &Vb) -> Result<Model> {
+        let c = &self.config_json;
+        Ok(match self.architecture.as_str() {
+            "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(
+                vb,
+                &parse_config::<GitConfig>("config.json", c)?,
+            )?)),
+            "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(
+                vb,
+                &parse_config::<ClipConfig>("config.json", c)?,
+            )?)),
+            "VisionEncoderDecoderModel" | "vision-encoder-decoder" => {
+                Model::VisionEncoderDecoder(Box::new(VisionEncoderDecoder::new(
+                    vb,
+                    &parse_config::<VisionEncoderDecoderConfig>("config.json", c)?,
+                )?))
+            }
+            "BlipForConditionalGeneration" | "BlipForQuestionAnswering" => {
+                let cfg = parse_config::<BlipConfig>("config.json", c)?;
+                Model::Blip(Box::new(Blip::new(
+                    vb,
+                    &cfg,
+                    self.architecture == "BlipForQuestionAnswering",
+                )?))
+            }
+            other => return Err(Error::Config(format!(
+                "config.json: architecture {other:?} is not supported (supported: {ARCHITECTURES})"
+            ))),
+        })
+    }
+
+    fn gguf_metadata(&self) -> Result<Vec<(String, String)>> {
+        let mut m = vec![
+            (
+                "general.architecture".to_string(),
+                self.architecture.clone(),
+            ),
+            (gguf::CONFIG.into(), self.config_json.clone()),
+            (
+                gguf::PREPROCESSOR_CONFIG.into(),
+                self.preprocessor_json.clone(),
+            ),
+            (gguf::TOKENIZER.into(), self.tokenizer.json().to_string()),
+        ];
+        if let Some(g) = &self.generation_json {
+            m.push((gguf::GENERATION_CONFIG.into(), g.clone()));
+        }
+        Ok(m)
+    }
+
+    fn from_gguf(strings: &HashMap<String, String>) -> Result<ModelSpec> {
+        let mut meta = BTreeMap::new();
+        for (key, file) in [
+            (gguf::CONFIG, "config.json"),
+            (gguf::GENERATION_CONFIG, "generation_config.json"),
+            (gguf::PREPROCESSOR_CONFIG, "preprocessor_config.json"),
+            (gguf::TOKENIZER, "tokenizer.json"),
+        ] {
+            if let Some(v) = strings.get(key) {
+                meta.insert(file.to_string(), v.clone().into_bytes());
+            } else if file != "generation_config.json" {
+                return Err(Error::Weights(format!(
+                    "this GGUF file carries no {file} (metadata {key}); glimpse reads GGUF files written by `glimpse quantize` or by the page"
+                )));
+            }
+        }
+        ModelSpec::from_files(&meta)
+    }
+}
+
+/// Chunks pushed at a time when glimpse reads a file itself.
+const CHUNK: usize = 8 << 20;
+
+/// Loads the weights through the stream loader, from bytes in memory.
+fn load_files(files: &ModelFiles, opts: LoadOptions) -> Result<Loader<ModelSpec>> {
+    load_files_with(files, opts, &mut |_| Ok(()))
+}
+
+fn load_files_with(
+    files: &ModelFiles,
+    opts: LoadOptions,
+    on_step: &mut dyn FnMut(&mut Loader<ModelSpec>) -> Result<()>,
+) -> Result<Loader<ModelSpec>> {
+    let spec = if files.meta.contains_key("config.json") {
+        Some(ModelSpec::from_files(&files.meta)?)
+    } else {
+        None
+    };
+    let wf = files
+        .weights
+        .iter()
+        .map(|(n, b)| WeightFile {
+            name: n.clone(),
+            len: Some(b.len() as u64),
+            sha256: None,
+        })
+        .collect();
+    let mut loader = Loader::new(spec, wf, opts)?;
+    if let Some(index) = &files.index {
+        loader.set_shard_index(index)?;
+    }
+    for (_, bytes) in &files.weights {
+        for chunk in bytes.chunks(CHUNK) {
+            loader.push(chunk)?;
+            on_step(&mut loader)?;
+        }
+        loader.end_file()?;
+        on_step(&mut loader)?;
+    }
+    Ok(loader)
+}
+
+/// Writes a model (a folder or `.gguf` on disk, or files in memory) as one GGUF file with
+/// Linear weights in `dtype`, streaming: `glimpse quantize`. The file is what the page stores
+/// after loading the same model as `dtype`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn quantize(
+    path: Option<&std::path::Path>,
+    files: Option<&ModelFiles>,
+    dtype: DType,
+    out: &std::path::Path,
+) -> Result<LoadStats> {
+    use std::io::{Seek, SeekFrom, Write};
+    if dtype == DType::U32 {
+        return Err(Error::Invalid(
+            "GGUF weights are f32, f16, q8_0 or q4_0".into(),
+        ));
+    }
+    let io = |e: std::io::Error| Error::Weights(format!("{}: {e}", out.display()));
+    let mut file = std::fs::File::create(out).map_err(io)?;
+    let mut write = |l: &mut Loader<ModelSpec>| -> Result<()> {
+        for (at, bytes) in l.take_writes() {
+            file.seek(SeekFrom::Start(at)).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+        }
+        Ok(())
+    };
+    let opts = LoadOptions {
+        dtype,
+        device: None,
+        write_gguf: true,
+    };
+    let mut loader = match (path, files) {
+        (Some(p), _) => {
+            let (meta, _) = read_dir_meta(p)?;
+            let spec = if meta.contains_key("config.json") {
+                Some(ModelSpec::from_files(&meta)?)
+            } else {
+                None
+            };
+            stream_dir(p, spec, opts, &mut write)?
+        }
+        (None, Some(f)) => load_files_with(f, opts, &mut write)?,
+        (None, None) => return Err(Error::Invalid("no model to quantize".into())),
+    };
+    let (_, stats) = loader.finish()?;
+    let (header, len) = loader
+        .gguf_header()
+        .ok_or_else(|| Error::Invalid("no GGUF was written".into()))?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(&header).map_err(io)?;
+    file.set_len(len).map_err(io)?;
+    Ok(stats)
+}
+
+/// Streams the weight files of a folder on disk into a loader, reading `pytorch_model.bin`'s
+/// directory and state dict first (as the browser does with Range requests). `on_step` runs
+/// after every chunk (to take GGUF writes).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn stream_dir<S: ModelSource>(
+    dir: &std::path::Path,
+    spec: Option<S>,
+    opts: LoadOptions,
+    on_step: &mut dyn FnMut(&mut Loader<S>) -> Result<()>,
+) -> Result<Loader<S>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let (_, set) = read_dir_meta(dir)?;
+    let path_of = |f: &str| {
+        if dir.is_file() {
+            dir.to_path_buf()
+        } else {
+            dir.join(f)
+        }
+    };
+    let io =
+        |p: &std::path::Path, e: std::io::Error| Error::Weights(format!("{}: {e}", p.display()));
+    let mut wf = Vec::new();
+    for f in &set.files {
+        let p = path_of(f);
+        let len = std::fs::metadata(&p).map_err(|e| io(&p, e))?.len();
+        wf.push(WeightFile {
+            name: f.clone(),
+            len: Some(len),
+            sha256: None,
+        });
+    }
+    let mut loader = Loader::new(spec, wf.clone(), opts)?;
+    if let Some(index) = &set.index {
+        loader.set_shard_index(index)?;
+    }
+    for (i, f) in wf.iter().enumerate() {
+        let p = path_of(&f.name);
+        let mut file = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
+        let len = f.len.unwrap_or(0);
+        if f.name.ends_with(".bin") {
+            // the zip's directory, then data.pkl, before the data
+            let mut from = len.saturating_sub(64 << 10);
+            let (pkl_at, pkl_max) = loop {
+                let mut tail = vec![0u8; (len - from) as usize];
+                file.seek(SeekFrom::Start(from)).map_err(|e| io(&p, e))?;
+                file.read_exact(&mut tail).map_err(|e| io(&p, e))?;
+                match loader.torch_directory(i, &tail, from, len)? {
+                    Ok(at) => break at,
+                    Err(earlier) if earlier < from => from = earlier,
+                    Err(_) => {
+                        return Err(Error::Weights(format!(
+                            "{}: damaged zip directory",
+                            p.display()
+                        )))
+                    }
+                }
+            };
+            let n = pkl_max.min(len - pkl_at) as usize;
+            let mut pkl = vec![0u8; n];
+            file.seek(SeekFrom::Start(pkl_at)).map_err(|e| io(&p, e))?;
+            file.read_exact(&mut pkl).map_err(|e| io(&p, e))?;
+            loader.torch_pickle(i, &pkl)?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| io(&p, e))?;
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| io(&p, e))?;
+            if n == 0 {
+                break;
+            }
+            loader.push(&buf[..n])?;
+            on_step(&mut loader)?;
+        }
+        loader.end_file()?;
+        on_step(&mut loader)?;
+    }
+    Ok(loader)
 }
 
 /// What a loaded model can do.
@@ -101,7 +465,7 @@ pub enum Task {
     Match,
 }
 
-enum Model {
+pub enum Model {
     Git(Box<Git>),
     Clip(Box<Clip>),
     VisionEncoderDecoder(Box<VisionEncoderDecoder>),
@@ -135,40 +499,60 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads a model; Linear weights are stored as `dtype` (quantized while loading).
+    /// Loads a model from files in memory; Linear weights are stored as `dtype` (quantized
+    /// while loading).
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Pipeline> {
-        let arch = architecture(&files.config)?;
-        let weights = Weights::from_files(files.weights.clone())?;
-        let vb = Vb::new(&weights, device, dtype);
-        let model = match arch.as_str() {
-            "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(&vb, &parse::<GitConfig>("config.json", &files.config)?)?)),
-            "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(&vb, &parse::<ClipConfig>("config.json", &files.config)?)?)),
-            "VisionEncoderDecoderModel" | "vision-encoder-decoder" => Model::VisionEncoderDecoder(Box::new(VisionEncoderDecoder::new(
-                &vb,
-                &parse::<VisionEncoderDecoderConfig>("config.json", &files.config)?,
-            )?)),
-            "BlipForConditionalGeneration" | "BlipForQuestionAnswering" => {
-                let cfg = parse::<BlipConfig>("config.json", &files.config)?;
-                Model::Blip(Box::new(Blip::new(&vb, &cfg, arch == "BlipForQuestionAnswering")?))
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "config.json: architecture {other:?} is not supported (supported: GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel)"
-                )))
-            }
+        let opts = LoadOptions {
+            dtype,
+            device: Some(device.clone()),
+            write_gguf: false,
         };
-        let generation = match &files.generation_config {
-            Some(text) => parse("generation_config.json", text)?,
-            None => GenerationConfig::default(),
+        Pipeline::from_loader(load_files(files, opts)?).map(|(p, _)| p)
+    }
+
+    /// Loads a model folder (or a `.gguf` file) from disk, streaming its weights: the process
+    /// never holds the checkpoint's bytes, only the model.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_path(
+        path: &std::path::Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<(Pipeline, LoadStats)> {
+        let (meta, _) = read_dir_meta(path)?;
+        let spec = if meta.contains_key("config.json") {
+            Some(ModelSpec::from_files(&meta)?)
+        } else {
+            None
         };
-        Ok(Pipeline {
-            model,
-            tokenizer: Tokenizer::from_bytes(&files.tokenizer)?,
-            processor: ImageProcessorConfig::from_json(&files.preprocessor_config)?,
-            generation,
-            architecture: arch,
-            device: device.clone(),
-        })
+        let opts = LoadOptions {
+            dtype,
+            device: Some(device.clone()),
+            write_gguf: false,
+        };
+        Pipeline::from_loader(stream_dir(path, spec, opts, &mut |_| Ok(()))?)
+    }
+
+    /// The pipeline of a loader whose files have all ended.
+    pub fn from_loader(mut loader: Loader<ModelSpec>) -> Result<(Pipeline, LoadStats)> {
+        let (model, stats) = loader.finish()?;
+        let model = model.ok_or_else(|| Error::Invalid("the load had no device".into()))?;
+        let device = loader
+            .device()
+            .ok_or_else(|| Error::Invalid("the load had no device".into()))?;
+        let spec = loader
+            .into_spec()
+            .ok_or_else(|| Error::Invalid("the load has no model description".into()))?;
+        Ok((
+            Pipeline {
+                model,
+                architecture: spec.architecture,
+                tokenizer: spec.tokenizer,
+                processor: spec.processor,
+                generation: spec.generation,
+                device,
+            },
+            stats,
+        ))
     }
 
     pub fn architecture(&self) -> &str {
@@ -187,6 +571,11 @@ impl Pipeline {
     /// Generation options from generation_config.json (and the model's special tokens).
     pub fn default_options(&self) -> GenerateOptions {
         let mut opts = GenerateOptions::from_config(&self.generation);
+        if let Model::Blip(b) = &self.model {
+            // BLIP's generate() passes sep as EOS whatever the configs say (its text_config's
+            // eos_token_id, 2, is never used)
+            opts.eos_token_ids = vec![b.cfg.text_config.sep_token_id];
+        }
         if opts.eos_token_ids.is_empty() {
             match &self.model {
                 Model::Git(g) => opts.eos_token_ids.extend(g.cfg.eos_token_id),

@@ -92,22 +92,40 @@ fn a_sharded_checkpoint_loads_like_the_single_file() {
     )
     .unwrap();
     let sharded = ModelFiles::from_dir(&dir).unwrap();
+    // and streamed from disk, shard after shard
+    let (p, _) = Pipeline::load_path(&dir, &Device::Cpu, DType::F32).unwrap();
+    let image = p
+        .prepare_image(&std::fs::read(fixture("images/wide_40x64.png")).unwrap())
+        .unwrap();
+    let streamed = pollster::block_on(p.caption(&image, None, &p.default_options(), &mut |_| true))
+        .unwrap()
+        .ids;
     assert_eq!(sharded.weights.len(), 2);
     let want = u32s(&read_json(&src.join("reference.json"))["images"]["wide_40x64"]["greedy_ids"]);
     assert_eq!(caption_ids(&sharded), want);
+    assert_eq!(streamed, want);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn f16_and_bf16_checkpoints_load() {
     let mut files = ModelFiles::from_dir(&fixture("git")).unwrap();
-    let all = tensors(&files.weights[0]);
+    let all = tensors(&files.weights[0].1);
     for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
-        files.weights = vec![write(&all, dtype)];
+        files.weights = vec![("model.safetensors".into(), write(&all, dtype))];
         // every value reads back as exactly its f16 / bf16 rounding
-        let w = glimpse::io::Weights::from_safetensors(files.weights.clone()).unwrap();
-        for (name, shape, values) in &all {
-            let (got, got_shape) = w.get_f32(name).unwrap();
+        let got = glimpse::io::stream::build_model(
+            &[("model.safetensors", &files.weights[0].1)],
+            &Device::Cpu,
+            DType::F32,
+            |vb| {
+                all.iter()
+                    .map(|(name, shape, _)| vb.get(name, shape))
+                    .collect::<glimpse::Result<Vec<_>>>()
+            },
+        )
+        .unwrap();
+        for ((name, shape, values), t) in all.iter().zip(&got) {
             let want: Vec<f32> = values
                 .iter()
                 .map(|&x| {
@@ -118,7 +136,11 @@ fn f16_and_bf16_checkpoints_load() {
                     }
                 })
                 .collect();
-            assert_eq!((&got_shape, &got), (shape, &want), "{name} as {dtype:?}");
+            assert_eq!(
+                (t.shape(), &read(t)),
+                (&shape[..], &want),
+                "{name} as {dtype:?}"
+            );
         }
         let p = Pipeline::load(&files, &Device::Cpu, DType::F32).unwrap();
         // the weights are rounded (f16: 11 bits, bf16: 8 bits of mantissa), so only loading and a

@@ -11,6 +11,11 @@ fn git_files() -> ModelFiles {
     ModelFiles::from_dir(&fixture("git")).unwrap()
 }
 
+fn edit_config(f: &mut ModelFiles, edit: impl Fn(String) -> String) {
+    let c = String::from_utf8(f.meta["config.json"].clone()).unwrap();
+    f.meta.insert("config.json".into(), edit(c).into_bytes());
+}
+
 fn load_err(files: &ModelFiles) -> String {
     match Pipeline::load(files, &Device::Cpu, DType::F32) {
         Ok(_) => panic!("loading should fail"),
@@ -20,7 +25,7 @@ fn load_err(files: &ModelFiles) -> String {
 
 /// Rewrites the checkpoint with `edit` applied to its (name, shape, f32 values) list.
 fn rewrite(files: &mut ModelFiles, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
-    let st = safetensors::SafeTensors::deserialize(&files.weights[0]).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&files.weights[0].1).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = st
         .tensors()
         .into_iter()
@@ -37,7 +42,10 @@ fn rewrite(files: &mut ModelFiles, edit: impl Fn(&mut Vec<(String, Vec<usize>, V
             )
         })
         .collect();
-    files.weights = vec![safetensors::serialize(views, None).unwrap()];
+    files.weights = vec![(
+        "model.safetensors".into(),
+        safetensors::serialize(views, None).unwrap(),
+    )];
 }
 
 #[test]
@@ -70,9 +78,9 @@ fn a_tensor_of_the_wrong_shape_is_named() {
 #[test]
 fn an_unknown_architecture_is_named() {
     let mut f = git_files();
-    f.config = f
-        .config
-        .replace("GitForCausalLM", "LlavaForConditionalGeneration");
+    edit_config(&mut f, |c| {
+        c.replace("GitForCausalLM", "LlavaForConditionalGeneration")
+    });
     let err = load_err(&f);
     assert!(
         err.contains("architecture \"LlavaForConditionalGeneration\" is not supported"),
@@ -81,31 +89,49 @@ fn an_unknown_architecture_is_named() {
 }
 
 #[test]
-fn a_config_missing_a_field_is_named() {
+fn a_config_missing_a_field_takes_the_class_default() {
+    // as transformers does: GitConfig's hidden_size default is 768, which this checkpoint's
+    // 32-wide tensors then contradict, and the first of them is named
     let mut f = git_files();
-    f.config = f.config.replace(
-        "\"hidden_size\": 32,\n  \"initializer_range\"",
-        "\"initializer_range\"",
-    );
+    edit_config(&mut f, |c| {
+        c.replace(
+            "\"hidden_size\": 32,\n  \"initializer_range\"",
+            "\"initializer_range\"",
+        )
+    });
     let err = load_err(&f);
     assert!(
-        err.contains("config.json") && err.contains("hidden_size"),
+        err.contains("the config implies") && err.contains("768"),
         "{err}"
     );
+}
+
+#[test]
+fn a_config_field_of_the_wrong_type_is_named() {
+    let mut f = git_files();
+    edit_config(&mut f, |c| {
+        c.replace(
+            "\"hidden_size\": 32,\n  \"initializer_range\"",
+            "\"hidden_size\": \"wide\",\n  \"initializer_range\"",
+        )
+    });
+    let err = load_err(&f);
+    assert!(err.contains("config.json") && err.contains("wide"), "{err}");
 }
 
 #[test]
 fn a_truncated_safetensors_file_is_an_error() {
     for keep in [0.5, 0.999] {
         let mut f = git_files();
-        let n = (f.weights[0].len() as f64 * keep) as usize;
-        f.weights[0].truncate(n);
+        let n = (f.weights[0].1.len() as f64 * keep) as usize;
+        f.weights[0].1.truncate(n);
         let err = load_err(&f);
         assert!(err.contains("truncated"), "{keep}: {err}");
     }
     let mut f = git_files();
-    f.weights[0].truncate(5);
-    assert!(load_err(&f).contains("not a valid safetensors file"));
+    f.weights[0].1.truncate(5);
+    let err = load_err(&f);
+    assert!(err.contains("truncated"), "{err}");
 }
 
 #[test]

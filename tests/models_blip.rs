@@ -6,14 +6,14 @@ mod common;
 use common::*;
 use glimpse::generate::{generate, EarlyStopping, GenerateOptions};
 use glimpse::image::{decode, ImageProcessorConfig};
-use glimpse::io::config::{parse, GenerationConfig};
+use glimpse::io::config::{parse, parse_config, GenerationConfig};
+use glimpse::io::stream::build_model;
 use glimpse::io::tokenizer::Tokenizer;
-use glimpse::io::{Vb, Weights};
 use glimpse::models::blip::{Blip, BlipConfig};
 use glimpse::{DType, Device, Tensor};
 
 struct Fx {
-    weights: Weights,
+    weights: Vec<u8>,
     cfg: BlipConfig,
     gen: GenerationConfig,
     proc: ImageProcessorConfig,
@@ -25,11 +25,8 @@ fn load(kind: &str) -> Fx {
     let dir = fixture(kind);
     let read_s = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     Fx {
-        weights: Weights::from_safetensors(vec![
-            std::fs::read(dir.join("model.safetensors")).unwrap()
-        ])
-        .unwrap(),
-        cfg: parse("config.json", &read_s("config.json")).unwrap(),
+        weights: std::fs::read(dir.join("model.safetensors")).unwrap(),
+        cfg: parse_config("config.json", &read_s("config.json")).unwrap(),
         gen: parse("generation_config.json", &read_s("generation_config.json")).unwrap(),
         proc: ImageProcessorConfig::from_json(&read_s("preprocessor_config.json")).unwrap(),
         tok: Tokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap(),
@@ -53,7 +50,10 @@ fn pixels(f: &Fx, name: &str, entry: &serde_json::Value, d: &Device) -> Tensor {
 
 /// (max logit diff, matches, total) for captioning: greedy, beam and prompted ids.
 fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
-    let model = Blip::new(&Vb::new(&f.weights, d, dtype), &f.cfg, false).unwrap();
+    let model = build_model(&[("model.safetensors", &f.weights)], d, dtype, |vb| {
+        Blip::new(vb, &f.cfg, false)
+    })
+    .unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 10,
         ..GenerateOptions::from_config(&f.gen)
@@ -115,7 +115,10 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
 }
 
 fn vqa(f: &Fx, d: &Device, dtype: DType) -> (usize, usize) {
-    let model = Blip::new(&Vb::new(&f.weights, d, dtype), &f.cfg, true).unwrap();
+    let model = build_model(&[("model.safetensors", &f.weights)], d, dtype, |vb| {
+        Blip::new(vb, &f.cfg, true)
+    })
+    .unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 6,
         ..GenerateOptions::from_config(&f.gen)

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use glimpse::image::{decode, ImageProcessorConfig};
-use glimpse::io::config::parse;
-use glimpse::io::{Vb, Weights};
+use glimpse::io::config::parse_config;
+use glimpse::io::stream::build_model;
 use glimpse::models::clip::{logits_per_image, Clip, ClipConfig};
 use glimpse::{DType, Tensor};
 
@@ -14,10 +14,8 @@ use glimpse::{DType, Tensor};
 fn clip_matches_transformers_on_cpu_and_gpu() {
     let dir = fixture("clip");
     let read_s = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let weights =
-        Weights::from_safetensors(vec![std::fs::read(dir.join("model.safetensors")).unwrap()])
-            .unwrap();
-    let cfg: ClipConfig = parse("config.json", &read_s("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let cfg: ClipConfig = parse_config("config.json", &read_s("config.json")).unwrap();
     let proc = ImageProcessorConfig::from_json(&read_s("preprocessor_config.json")).unwrap();
     let r = read_json(&dir.join("reference.json"));
     let ids: Vec<Vec<u32>> = r["input_ids"]
@@ -43,7 +41,10 @@ fn clip_matches_transformers_on_cpu_and_gpu() {
     }
     for dtype in [DType::F32, DType::Q8_0] {
         for d in both() {
-            let model = Clip::new(&Vb::new(&weights, &d, dtype), &cfg).unwrap();
+            let model = build_model(&[("model.safetensors", &weights)], &d, dtype, |vb| {
+                Clip::new(vb, &cfg)
+            })
+            .unwrap();
             let p = cfg.projection_dim;
             let txt = read(&model.text_embeds(&ids, &mask).unwrap());
             let (mut emb_diff, mut logit_diff) =

@@ -6,13 +6,13 @@ mod common;
 use common::*;
 use glimpse::generate::{generate, GenerateOptions};
 use glimpse::image::{decode, ImageProcessorConfig};
-use glimpse::io::config::{parse, GenerationConfig};
-use glimpse::io::{Vb, Weights};
+use glimpse::io::config::{parse, parse_config, GenerationConfig};
+use glimpse::io::stream::build_model;
 use glimpse::models::git::{Git, GitConfig};
 use glimpse::{DType, Device, Tensor};
 
 struct Fixture {
-    weights: Weights,
+    weights: Vec<u8>,
     cfg: GitConfig,
     gen: GenerationConfig,
     proc: ImageProcessorConfig,
@@ -23,11 +23,8 @@ fn load() -> Fixture {
     let dir = fixture("git");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     Fixture {
-        weights: Weights::from_safetensors(vec![
-            std::fs::read(dir.join("model.safetensors")).unwrap()
-        ])
-        .unwrap(),
-        cfg: parse("config.json", &read("config.json")).unwrap(),
+        weights: std::fs::read(dir.join("model.safetensors")).unwrap(),
+        cfg: parse_config("config.json", &read("config.json")).unwrap(),
         gen: parse("generation_config.json", &read("generation_config.json")).unwrap(),
         proc: ImageProcessorConfig::from_json(&read("preprocessor_config.json")).unwrap(),
         reference: read_json(&dir.join("reference.json")),
@@ -44,7 +41,10 @@ fn pixels(f: &Fixture, name: &str, d: &Device) -> Tensor {
 /// Each image has two greedy runs (plain, with processors), two beam runs (3 beams; 4 beams with
 /// length_penalty 0.5) and two questions.
 fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usize) {
-    let model = Git::new(&Vb::new(&f.weights, d, dtype), &f.cfg).unwrap();
+    let model = build_model(&[("model.safetensors", &f.weights)], d, dtype, |vb| {
+        Git::new(vb, &f.cfg)
+    })
+    .unwrap();
     let opts = GenerateOptions::from_config(&f.gen);
     let (mut max_diff, mut greedy_ok, mut beam_ok, mut vqa_ok, mut total) = (0f32, 0, 0, 0, 0);
     for (name, entry) in f.reference["images"].as_object().unwrap() {

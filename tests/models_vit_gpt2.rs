@@ -6,23 +6,25 @@ mod common;
 use common::*;
 use glimpse::generate::{generate, EarlyStopping, GenerateOptions};
 use glimpse::image::{decode, ImageProcessorConfig};
-use glimpse::io::config::{parse, GenerationConfig};
-use glimpse::io::{Vb, Weights};
+use glimpse::io::config::{parse, parse_config, GenerationConfig};
+use glimpse::io::stream::build_model;
 use glimpse::models::vision_encoder_decoder::{VisionEncoderDecoder, VisionEncoderDecoderConfig};
 use glimpse::{DType, Device, Tensor};
 
 fn run(dtype: DType, d: &Device) -> (f32, usize, usize, usize) {
     let dir = fixture("vit-gpt2");
     let read_s = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-    let weights =
-        Weights::from_safetensors(vec![std::fs::read(dir.join("model.safetensors")).unwrap()])
-            .unwrap();
-    let cfg: VisionEncoderDecoderConfig = parse("config.json", &read_s("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let cfg: VisionEncoderDecoderConfig =
+        parse_config("config.json", &read_s("config.json")).unwrap();
     let gen: GenerationConfig =
         parse("generation_config.json", &read_s("generation_config.json")).unwrap();
     let proc = ImageProcessorConfig::from_json(&read_s("preprocessor_config.json")).unwrap();
     let r = read_json(&dir.join("reference.json"));
-    let model = VisionEncoderDecoder::new(&Vb::new(&weights, d, dtype), &cfg).unwrap();
+    let model = build_model(&[("model.safetensors", &weights)], d, dtype, |vb| {
+        VisionEncoderDecoder::new(vb, &cfg)
+    })
+    .unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 10,
         ..GenerateOptions::from_config(&gen)

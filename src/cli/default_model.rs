@@ -1,6 +1,8 @@
 //! The default model (models/scenes-git), built into the binary so that `glimpse caption` and
 //! `glimpse ask` work with no `--model` and no download. See models/scenes-git/README.md.
 
+use std::collections::BTreeMap;
+
 use glimpse::pipeline::ModelFiles;
 
 macro_rules! model_file {
@@ -14,12 +16,27 @@ macro_rules! model_file {
 }
 
 pub fn files() -> ModelFiles {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let meta: BTreeMap<String, Vec<u8>> = [
+        ("config.json", &model_file!("config.json")[..]),
+        (
+            "generation_config.json",
+            &model_file!("generation_config.json")[..],
+        ),
+        (
+            "preprocessor_config.json",
+            &model_file!("preprocessor_config.json")[..],
+        ),
+        ("tokenizer.json", &model_file!("tokenizer.json")[..]),
+    ]
+    .into_iter()
+    .map(|(n, b)| (n.to_string(), b.to_vec()))
+    .collect();
     ModelFiles {
-        config: text(model_file!("config.json")),
-        generation_config: Some(text(model_file!("generation_config.json"))),
-        preprocessor_config: text(model_file!("preprocessor_config.json")),
-        tokenizer: model_file!("tokenizer.json").to_vec(),
-        weights: vec![model_file!("model.safetensors").to_vec()],
+        meta,
+        weights: vec![(
+            "model.safetensors".into(),
+            model_file!("model.safetensors").to_vec(),
+        )],
+        index: None,
     }
 }

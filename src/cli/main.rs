@@ -222,11 +222,16 @@ fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Gpu | DeviceArg::All => gpu()?,
     };
-    Ok(Pipeline::load(
-        &model_files(m.model.as_deref())?,
-        &device,
-        DType::parse(&m.dtype)?,
-    )?)
+    let dtype = DType::parse(&m.dtype)?;
+    Ok(match m.model.as_deref() {
+        // a folder or .gguf on disk streams in; the default model is built in
+        Some(path) => {
+            Pipeline::load_path(path, &device, dtype)
+                .with_context(|| format!("loading {}", path.display()))?
+                .0
+        }
+        None => Pipeline::load(&default_model::files(), &device, dtype)?,
+    })
 }
 
 /// The files of `--model`, or of the embedded default model.
@@ -575,13 +580,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Quantize { model, dtype, out } => {
-            let files = model_files(model.as_deref())?;
-            let bytes = glimpse::io::gguf::quantize_model(&files, DType::parse(&dtype)?)?;
-            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            let files = match model.as_deref() {
+                Some(_) => None,
+                None => Some(default_model::files()),
+            };
+            let stats = glimpse::pipeline::quantize(
+                model.as_deref(),
+                files.as_ref(),
+                DType::parse(&dtype)?,
+                &out,
+            )
+            .with_context(|| format!("quantizing into {}", out.display()))?;
             println!(
-                "wrote {} ({} bytes, Linear weights {dtype})",
+                "wrote {} ({} bytes, {} tensors, {:.1} M values, Linear weights {dtype})",
                 out.display(),
-                bytes.len()
+                stats.gguf_bytes,
+                stats.tensors,
+                stats.params as f64 / 1e6
             );
         }
         Command::Scenes {

@@ -303,6 +303,71 @@ impl GpuContext {
         Ok(self.pool.get(bytes))
     }
 
+    /// The most bytes one weight buffer may hold here: the storage-binding limit (a kernel binds
+    /// a weight whole) and the buffer-size limit. Larger weights are split by rows.
+    pub(crate) fn max_weight_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+
+    /// An exact-size buffer for weight `name`, outside the pool: it is destroyed when its
+    /// tensor is dropped (with its model).
+    pub(crate) fn weight_buffer(&self, name: &str, bytes: u64) -> Result<GpuBuffer> {
+        let bytes = bytes.max(4).next_multiple_of(4);
+        let limit = self.max_weight_bytes();
+        if bytes > limit {
+            return Err(Error::BindingTooLarge {
+                name: name.to_string(),
+                bytes,
+                mib: bytes as f64 / (1024.0 * 1024.0),
+                limit_bytes: limit,
+                limit_mib: limit as f64 / (1024.0 * 1024.0),
+            });
+        }
+        let buf = pool::exact(&self.device, name, bytes);
+        self.check()?;
+        Ok(buf)
+    }
+
+    /// Writes `data` (a multiple of 4 bytes) at byte `offset` of a buffer no recorded command
+    /// uses yet (a weight being loaded).
+    pub(crate) fn write_buffer(&self, buf: &GpuBuffer, offset: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.queue.write_buffer(buf.raw(), offset, data);
+        self.check()
+    }
+
+    /// Uploads a weight into an exact-size buffer (see [`GpuContext::weight_buffer`]).
+    pub(crate) fn upload_weight(&self, name: &str, data: &[u8]) -> Result<GpuBuffer> {
+        let buf = self.weight_buffer(name, data.len() as u64)?;
+        if data.len().is_multiple_of(4) {
+            self.write_buffer(&buf, 0, data)?;
+        } else {
+            let mut padded = data.to_vec();
+            padded.resize(data.len().next_multiple_of(4), 0);
+            self.write_buffer(&buf, 0, &padded)?;
+        }
+        Ok(buf)
+    }
+
+    /// Gives the pool's free buffers back to the GPU (after a model is dropped); returns the
+    /// bytes released.
+    pub fn trim_pool(&self) -> u64 {
+        let mut rec = lock(&self.recording);
+        // free buffers may still be read by recorded commands: submit those first
+        self.submit_locked(&mut rec);
+        drop(rec);
+        self.pool.trim()
+    }
+
+    /// Bytes held by the pool's free buffers.
+    pub fn pool_free_bytes(&self) -> u64 {
+        self.pool.free_bytes()
+    }
+
     /// Uploads `data` into a fresh pooled buffer.
     pub(crate) fn upload(&self, name: &str, data: &[u8]) -> Result<GpuBuffer> {
         let buf = self.alloc(name, data.len() as u64)?;

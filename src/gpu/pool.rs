@@ -61,16 +61,54 @@ impl Pool {
         GpuBuffer {
             buffer,
             class,
-            pool: self.clone(),
+            pool: Some(self.clone()),
         }
+    }
+
+    /// Destroys every free buffer (after a model went, its activations' buffers are not needed
+    /// by the next one); returns the bytes given back.
+    pub fn trim(&self) -> u64 {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = 0;
+        for (class, bufs) in free.drain() {
+            for b in bufs {
+                b.destroy();
+                bytes += class;
+            }
+        }
+        bytes
+    }
+
+    /// Bytes held by free buffers.
+    pub fn free_bytes(&self) -> u64 {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter().map(|(c, v)| c * v.len() as u64).sum()
     }
 }
 
-/// A pooled storage buffer; returns to its pool when dropped.
+/// An exact-size buffer outside the pool (a weight): destroyed when its tensor is dropped.
+pub(crate) fn exact(device: &wgpu::Device, label: &str, bytes: u64) -> GpuBuffer {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: bytes.max(4).next_multiple_of(4),
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    GpuBuffer {
+        class: buffer.size(),
+        buffer,
+        pool: None,
+    }
+}
+
+/// A storage buffer: pooled ones return to their pool when dropped, exact ones (weights) are
+/// destroyed, so a model's weights leave the GPU with the model.
 pub(crate) struct GpuBuffer {
     buffer: wgpu::Buffer,
     class: u64,
-    pool: Arc<Pool>,
+    pool: Option<Arc<Pool>>,
 }
 
 impl GpuBuffer {
@@ -81,14 +119,17 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        // wgpu::Buffer is a shared handle: the pool keeps the same buffer alive.
-        self.pool
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(self.class)
-            .or_default()
-            .push(self.buffer.clone());
+        match &self.pool {
+            // wgpu::Buffer is a shared handle: the pool keeps the same buffer alive.
+            Some(pool) => pool
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(self.class)
+                .or_default()
+                .push(self.buffer.clone()),
+            None => self.buffer.destroy(),
+        }
     }
 }
 

@@ -174,10 +174,105 @@ fn composite_on_white([r, g, b, a]: [u8; 4]) -> [u8; 3] {
     [mix(r), mix(g), mix(b)]
 }
 
+/// Defaults of the image processor classes glimpse implements (transformers' `__init__`
+/// defaults), and whether an integer `size` means a square (`default_to_square`).
+fn class_defaults(class: &str) -> Option<(&'static str, bool)> {
+    Some(match class {
+        "CLIPImageProcessor" => (
+            r#"{"do_resize": true, "size": {"shortest_edge": 224}, "resample": 3,
+                "do_center_crop": true, "crop_size": {"height": 224, "width": 224},
+                "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": true}"#,
+            false,
+        ),
+        "ViTImageProcessor" => (
+            r#"{"do_resize": true, "size": {"height": 224, "width": 224}, "resample": 2,
+                "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}"#,
+            true,
+        ),
+        "BlipImageProcessor" => (
+            r#"{"do_resize": true, "size": {"height": 384, "width": 384}, "resample": 3,
+                "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": true}"#,
+            true,
+        ),
+        _ => return None,
+    })
+}
+
+/// The image processor class a model type uses when preprocessor_config.json names none
+/// (transformers' AutoImageProcessor mapping).
+fn class_of_model(model_type: &str) -> &'static str {
+    match model_type {
+        "git" | "clip" => "CLIPImageProcessor",
+        "blip" => "BlipImageProcessor",
+        "vit" | "vision-encoder-decoder" => "ViTImageProcessor",
+        _ => "",
+    }
+}
+
+/// transformers' `get_size_dict`: an integer is a square (`default_to_square`) or the shortest
+/// edge; a pair is (height, width).
+fn size_dict(v: &serde_json::Value, square: bool) -> serde_json::Value {
+    use serde_json::{json, Value};
+    match v {
+        Value::Number(n) if square => json!({"height": n, "width": n}),
+        Value::Number(n) => json!({"shortest_edge": n}),
+        Value::Array(a) if a.len() == 2 => json!({"height": a[0], "width": a[1]}),
+        other => other.clone(),
+    }
+}
+
 impl ImageProcessorConfig {
+    /// preprocessor_config.json as the hub holds it (no model type to go by).
     pub fn from_json(text: &str) -> Result<ImageProcessorConfig> {
-        let cfg: ImageProcessorConfig = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("preprocessor_config.json: {e}")))?;
+        Self::from_json_for(text, "")
+    }
+
+    /// preprocessor_config.json of a model of `model_type` (config.json's): current files and
+    /// the legacy `feature_extractor_type` form with integer `size` / `crop_size` and missing
+    /// fields, which take the processor class's defaults as transformers gives them.
+    pub fn from_json_for(text: &str, model_type: &str) -> Result<ImageProcessorConfig> {
+        let file = "preprocessor_config.json";
+        let mut given = crate::io::config::value(file, text)?;
+        crate::io::config::strip_nulls(&mut given);
+        let named = given
+            .get("image_processor_type")
+            .or_else(|| given.get("feature_extractor_type"))
+            .and_then(|v| v.as_str())
+            .map(|s| {
+                s.replace("FeatureExtractor", "ImageProcessor")
+                    .replace("Fast", "")
+            });
+        let class = named.unwrap_or_else(|| class_of_model(model_type).to_string());
+        let (mut merged, square) = match class_defaults(&class) {
+            Some((d, square)) => (crate::io::config::value("defaults", d)?, square),
+            None => (serde_json::json!({}), true),
+        };
+        if let Some(obj) = given.as_object_mut() {
+            if let Some(s) = obj.get("size") {
+                let s = size_dict(s, square);
+                obj.insert("size".into(), s);
+            }
+            if let Some(s) = obj.get("crop_size") {
+                let s = size_dict(s, true);
+                obj.insert("crop_size".into(), s);
+            }
+        }
+        // a given size dict replaces the default one whole (not merged key by key)
+        if let (Some(m), Some(g)) = (merged.as_object_mut(), given.as_object()) {
+            for k in ["size", "crop_size"] {
+                if g.contains_key(k) {
+                    m.remove(k);
+                }
+            }
+        }
+        crate::io::config::merge(&mut merged, given);
+        let mut cfg: ImageProcessorConfig = crate::io::config::from_value(file, merged)?;
+        cfg.image_processor_type = Some(class).filter(|c| !c.is_empty());
         if cfg.do_normalize && (cfg.image_mean.len() != 3 || cfg.image_std.len() != 3) {
             return Err(Error::Config(
                 "preprocessor_config.json: image_mean and image_std need 3 values each".into(),
@@ -188,6 +283,11 @@ impl ImageProcessorConfig {
                 "preprocessor_config.json: resample = {} is not supported (0 nearest, 2 bilinear, 3 bicubic)",
                 cfg.resample
             )));
+        }
+        if cfg.do_resize && cfg.size.is_none() {
+            return Err(Error::Config(
+                "preprocessor_config.json: do_resize without size".into(),
+            ));
         }
         Ok(cfg)
     }

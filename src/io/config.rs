@@ -1,13 +1,88 @@
 //! config.json and generation_config.json, with Hugging Face field names.
+//!
+//! JSON is read as Python's `json` reads it: a key given twice keeps its last value (real hub
+//! files have duplicate keys, e.g. blip-vqa-base's tokenizer_config.json), and a `null` field is
+//! the same as an absent one, so the config class's default applies (2022-era configs are full
+//! dumps with `null` for every unset field).
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// Parses a JSON config, naming the file in errors.
-pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
+/// Parses JSON into a generic value as Python's `json.loads` does (the last of duplicate keys
+/// wins), naming the file in errors.
+pub fn value(file: &str, text: &str) -> Result<serde_json::Value> {
+    // serde_json's map keeps the last value of a repeated key, as Python's dict does
     serde_json::from_str(text).map_err(|e| Error::Config(format!("{file}: {e}")))
+}
+
+/// Removes `null` members from every object, recursively.
+pub fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+/// Parses a JSON config into `T`, naming the file in errors; duplicate keys and `null` fields
+/// are read as transformers reads them (see the module comment).
+pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T> {
+    let mut v = value(file, text)?;
+    strip_nulls(&mut v);
+    from_value(file, v)
+}
+
+/// Deserializes an already parsed (and null-stripped) value.
+pub fn from_value<T: DeserializeOwned>(file: &str, v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| Error::Config(format!("{file}: {e}")))
+}
+
+/// A model config class: its Hugging Face defaults (what `XConfig()` holds), applied under
+/// every field the file leaves out, as transformers does when it builds the config object.
+pub trait HfConfig: DeserializeOwned {
+    /// The class defaults as JSON (nested configs included).
+    const DEFAULTS: &'static str;
+    /// What the class's `__init__` derives after reading the fields (e.g. BLIP sets the text
+    /// tower's `encoder_hidden_size` from the vision width).
+    fn finish(&mut self) {}
+}
+
+/// Recursively puts `given` over `base`: objects merge key by key, anything else replaces.
+pub fn merge(base: &mut serde_json::Value, given: serde_json::Value) {
+    match (base, given) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(g)) => {
+            for (k, v) in g {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// A config of class `T` from the text of `file`: nulls dropped, class defaults filled in.
+pub fn parse_config<T: HfConfig>(file: &str, text: &str) -> Result<T> {
+    config_from_value(file, value(file, text)?)
+}
+
+/// As [`parse_config`] for an already parsed value (a nested config, e.g. an encoder's).
+pub fn config_from_value<T: HfConfig>(file: &str, mut given: serde_json::Value) -> Result<T> {
+    strip_nulls(&mut given);
+    let mut v: serde_json::Value = serde_json::from_str(T::DEFAULTS)
+        .map_err(|e| Error::Config(format!("built-in defaults of {file}: {e}")))?;
+    merge(&mut v, given);
+    let mut cfg: T = from_value(file, v)?;
+    cfg.finish();
+    Ok(cfg)
 }
 
 /// The architecture named by config.json (`architectures[0]`, else `model_type`).

@@ -1,8 +1,11 @@
 //! Reading models: weights (safetensors, GGUF), configs, tokenizers.
 
 pub mod config;
+pub mod files;
 pub mod gguf;
+pub mod stream;
 pub mod tokenizer;
+pub mod torch;
 pub mod weights;
 
 pub use weights::{Vb, Weights};

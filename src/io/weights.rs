@@ -1,182 +1,222 @@
-//! Checkpoint tensors from safetensors (f32, f16, bf16; one file or shards), looked up by their
-//! Hugging Face names through [`Vb`], which follows the module tree (`vb.pp("encoder")`), checks
-//! every shape against the config and converts Linear weights to the requested dtype.
+//! How a model asks for its checkpoint tensors: [`Vb`] follows the Hugging Face module tree
+//! (`vb.pp("encoder")`) and names each tensor with the [`Use`] the model makes of it (an f32
+//! parameter, an embedding table, a Linear weight, maybe split or transposed).
+//!
+//! A model's constructor runs twice for every load (see `io::stream`): first against a *plan*
+//! ([`Weights::plan`]), which records every use and hands out placeholders without data, so that
+//! each tensor can be converted to its final form and sent to its device the moment its bytes
+//! arrive; then against the finished tensors ([`Weights::ready`]). A third source,
+//! [`Weights::random`], makes seeded values at any shape (benchmarks and real-size tests).
 
-use std::collections::HashMap;
-
-use safetensors::tensor::{Dtype, Metadata};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Device, Tensor};
 
-/// Where one tensor's bytes are.
-struct Entry {
-    file: usize,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    start: usize,
-    end: usize,
+/// What the model does with a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// f32 values (norms, biases, positions, class tokens)
+    F32,
+    /// a gather table: f32 for f32 models, f16 otherwise
+    Embedding,
+    /// a Linear weight `[N, K]` in the load's dtype (q8_0/q4_0 when K allows)
+    Linear,
+    /// one value, read on the host (CLIP's logit_scale)
+    Scalar,
 }
 
-/// The tensors of a checkpoint (one or more safetensors files, or one GGUF file), kept as the
-/// files' bytes.
+/// One use of a checkpoint tensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Use {
+    pub role: Role,
+    /// the checkpoint's shape
+    pub source_shape: Vec<usize>,
+    /// the shape the model holds, whole (2-D for Linear weights)
+    pub shape: Vec<usize>,
+    /// the checkpoint holds the transpose of `shape` (GPT-2's `Conv1D` `[in, out]`)
+    pub transposed: bool,
+    /// split into this many equal row blocks (a fused q/k/v projection)
+    pub parts: usize,
+}
+
+impl Use {
+    fn plain(role: Role, shape: &[usize]) -> Use {
+        Use {
+            role,
+            source_shape: shape.to_vec(),
+            shape: shape.to_vec(),
+            transposed: false,
+            parts: 1,
+        }
+    }
+}
+
+/// The source the [`Vb`]s of one constructor run read from.
 pub struct Weights {
-    files: Vec<Vec<u8>>,
-    entries: HashMap<String, Entry>,
-    gguf: Option<super::gguf::GgufTensors>,
-    /// Benchmarks of real model sizes without their checkpoints: every tensor the model asks
-    /// for exists, filled from this seed (see [`Weights::random`]).
-    random: Option<u64>,
-    /// Values handed out so far (the parameter count of what a model loaded).
-    handed_out: std::sync::atomic::AtomicU64,
+    mode: Mode,
+}
+
+enum Mode {
+    Plan(Mutex<Plan>),
+    Ready(Ready),
+    Random { seed: u64, handed_out: Mutex<u64> },
+}
+
+/// What a constructor asked for, in order; `known` answers `contains` (the checkpoint's names
+/// and shapes, when known; `None` while only the metadata is checked).
+#[derive(Default)]
+pub struct Plan {
+    pub known: Option<HashMap<String, Option<Vec<usize>>>>,
+    /// names whose checkpoint shape is `Use::shape` already (tensors a GGUF written by glimpse
+    /// stores transposed or flattened)
+    pub model_layout: HashSet<String>,
+    pub uses: BTreeMap<String, Vec<Use>>,
+    pub order: Vec<String>,
+}
+
+/// Finished tensors by (name, use), and scalars.
+#[derive(Default)]
+pub struct Ready {
+    pub names: HashSet<String>,
+    pub tensors: HashMap<(String, Use), Vec<Tensor>>,
+    pub scalars: HashMap<String, f32>,
 }
 
 impl Weights {
-    /// Parses the headers of safetensors files (a single model.safetensors or every shard).
-    /// A truncated or inconsistent file is an error naming what is wrong.
-    pub fn from_safetensors(files: Vec<Vec<u8>>) -> Result<Weights> {
-        let mut entries = HashMap::new();
-        for (i, bytes) in files.iter().enumerate() {
-            let (header_len, meta): (usize, Metadata) =
-                safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
-                    Error::Weights(format!(
-                        "not a valid safetensors file (truncated or damaged?): {e}"
-                    ))
-                })?;
-            let data_len = bytes.len().saturating_sub(8 + header_len);
-            for (name, info) in meta.tensors() {
-                let (start, end) = info.data_offsets;
-                if end > data_len || start > end {
-                    return Err(Error::Weights(format!(
-                        "tensor {name} lies past the end of the file ({end} > {data_len} bytes of data): the file is truncated"
-                    )));
-                }
-                let elem = match info.dtype {
-                    Dtype::F32 => 4,
-                    Dtype::F16 | Dtype::BF16 => 2,
-                    other => {
-                        return Err(Error::Weights(format!(
-                            "tensor {name} has dtype {other:?}; glimpse reads f32, f16 and bf16"
-                        )))
-                    }
-                };
-                let numel: usize = info.shape.iter().product();
-                if numel * elem != end - start {
-                    return Err(Error::Weights(format!(
-                        "tensor {name}: shape {:?} does not match its {} bytes",
-                        info.shape,
-                        end - start
-                    )));
-                }
-                let offset = 8 + header_len;
-                entries.insert(
-                    name.clone(),
-                    Entry {
-                        file: i,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        start: offset + start,
-                        end: offset + end,
-                    },
-                );
-            }
+    /// A plan over a checkpoint with these tensor names and shapes (`None`: names not known yet;
+    /// `contains` then answers false, as for a checkpoint that leaves optional tensors out).
+    pub fn plan(
+        known: Option<HashMap<String, Option<Vec<usize>>>>,
+        model_layout: HashSet<String>,
+    ) -> Weights {
+        Weights {
+            mode: Mode::Plan(Mutex::new(Plan {
+                known,
+                model_layout,
+                ..Default::default()
+            })),
         }
-        Ok(Weights {
-            files,
-            entries,
-            gguf: None,
-            random: None,
-            handed_out: Default::default(),
-        })
+    }
+
+    pub fn ready(ready: Ready) -> Weights {
+        Weights {
+            mode: Mode::Ready(ready),
+        }
     }
 
     /// Weights that answer every request with seeded values (uniform, ±0.05) of the shape the
     /// config implies: for benchmarking a base-size architecture without a download.
     pub fn random(seed: u64) -> Weights {
         Weights {
-            files: Vec::new(),
-            entries: HashMap::new(),
-            gguf: None,
-            random: Some(seed),
-            handed_out: Default::default(),
+            mode: Mode::Random {
+                seed,
+                handed_out: Mutex::new(0),
+            },
         }
     }
 
-    /// How many values models have loaded from these weights.
+    /// The plan recorded so far (a plan source only).
+    pub fn into_plan(self) -> Option<Plan> {
+        match self.mode {
+            Mode::Plan(p) => Some(p.into_inner().unwrap_or_else(|e| e.into_inner())),
+            _ => None,
+        }
+    }
+
+    /// How many values models have loaded from random weights.
     pub fn values_loaded(&self) -> u64 {
-        self.handed_out.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The tensors of a GGUF file (see [`super::gguf`]); quantized ones are dequantized when
-    /// read, and quantizing them again to their own format gives back the same blocks.
-    pub fn from_gguf(bytes: Vec<u8>) -> Result<Weights> {
-        Ok(Weights {
-            files: Vec::new(),
-            entries: HashMap::new(),
-            gguf: Some(super::gguf::GgufTensors::new(bytes)?),
-            random: None,
-            handed_out: Default::default(),
-        })
-    }
-
-    /// Safetensors or GGUF, told apart by the first file's magic bytes.
-    pub fn from_files(files: Vec<Vec<u8>>) -> Result<Weights> {
-        match files.as_slice() {
-            [one] if super::gguf::is_gguf(one) => {
-                Weights::from_gguf(files.into_iter().next().unwrap_or_default())
+        match &self.mode {
+            Mode::Random { handed_out, .. } => {
+                *handed_out.lock().unwrap_or_else(|e| e.into_inner())
             }
-            _ => Weights::from_safetensors(files),
+            _ => 0,
         }
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.random.is_some()
-            || self.entries.contains_key(name)
-            || self.gguf.as_ref().is_some_and(|g| g.shape(name).is_some())
-    }
-
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        if let Some(g) = &self.gguf {
-            return g.shape(name);
+    fn contains(&self, name: &str) -> bool {
+        match &self.mode {
+            Mode::Plan(p) => p
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .known
+                .as_ref()
+                .is_some_and(|k| k.contains_key(name)),
+            Mode::Ready(r) => r.names.contains(name),
+            Mode::Random { .. } => true,
         }
-        self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
-    /// Every tensor name, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = match &self.gguf {
-            Some(g) => g.names(),
-            None => self.entries.keys().cloned().collect(),
-        };
-        names.sort();
-        names
-    }
-
-    /// The values of a tensor as f32, with its shape.
-    pub fn get_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        if let Some(g) = &self.gguf {
-            return g.get_f32(name);
+    /// The tensors (one per part) of one use of `name`.
+    fn tensors(&self, name: &str, u: &Use, device: &Device, linear: DType) -> Result<Vec<Tensor>> {
+        match &self.mode {
+            Mode::Plan(p) => {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(known) = &p.known {
+                    let have = known.get(name).ok_or_else(|| {
+                        Error::Weights(format!("the checkpoint has no tensor {name}"))
+                    })?;
+                    let ok = match have {
+                        // a shard whose header has not arrived: checked when it does
+                        None => true,
+                        Some(have) if u.role == Role::Scalar => have.iter().product::<usize>() == 1,
+                        Some(have) => {
+                            *have == u.source_shape
+                                || (p.model_layout.contains(name) && *have == u.shape)
+                        }
+                    };
+                    if !ok {
+                        return Err(Error::Weights(format!(
+                            "tensor {name} has shape {:?}, the config implies {:?}",
+                            have.clone().unwrap_or_default(),
+                            u.source_shape
+                        )));
+                    }
+                }
+                if !p.uses.contains_key(name) {
+                    p.order.push(name.to_string());
+                }
+                let entry = p.uses.entry(name.to_string()).or_default();
+                if !entry.contains(u) {
+                    entry.push(u.clone());
+                }
+                let dtype = super::stream::convert::device_dtype(u, linear);
+                let mut part = u.shape.clone();
+                if u.parts > 1 {
+                    part[0] /= u.parts;
+                }
+                Ok((0..u.parts.max(1))
+                    .map(|_| Tensor::meta(&part, dtype))
+                    .collect())
+            }
+            Mode::Ready(r) => r
+                .tensors
+                .get(&(name.to_string(), u.clone()))
+                .cloned()
+                .ok_or_else(|| Error::Weights(format!("tensor {name} was not loaded"))),
+            Mode::Random { seed, handed_out } => {
+                let n: usize = u.source_shape.iter().product();
+                *handed_out.lock().unwrap_or_else(|e| e.into_inner()) += n as u64;
+                let salt = name
+                    .bytes()
+                    .fold(*seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+                let values = crate::rng::Rng::new(salt).vec(n, -0.05, 0.05);
+                super::stream::build_from_f32(name, &values, u, linear, device)
+            }
         }
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| Error::Weights(format!("the checkpoint has no tensor {name}")))?;
-        let raw = &self.files[e.file][e.start..e.end];
-        let values = match e.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        };
-        Ok((values, e.shape.clone()))
+    }
+
+    fn scalar(&self, name: &str) -> Result<f32> {
+        match &self.mode {
+            Mode::Ready(r) => r
+                .scalars
+                .get(name)
+                .copied()
+                .ok_or_else(|| Error::Weights(format!("tensor {name} was not loaded"))),
+            // CLIP's logit_scale at initialization
+            _ => Ok(2.6592),
+        }
     }
 }
 
@@ -202,13 +242,8 @@ impl<'a> Vb<'a> {
 
     /// The sub-module `name` (a field name or a layer index).
     pub fn pp(&self, name: impl std::fmt::Display) -> Vb<'a> {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
         Vb {
-            prefix,
+            prefix: self.path(&name.to_string()),
             ..self.clone()
         }
     }
@@ -225,53 +260,23 @@ impl<'a> Vb<'a> {
         self.weights.contains(&self.path(name))
     }
 
-    fn values(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
-        let full = self.path(name);
-        let n: usize = shape.iter().product();
-        self.weights
-            .handed_out
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Some(seed) = self.weights.random {
-            let salt = full
-                .bytes()
-                .fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-            return Ok((full, crate::rng::Rng::new(salt).vec(n, -0.05, 0.05)));
-        }
-        let (data, have) = self.weights.get_f32(&full)?;
-        if have != shape {
-            return Err(Error::Weights(format!(
-                "tensor {full} has shape {have:?}, the config implies {shape:?}"
-            )));
-        }
-        Ok((full, data))
-    }
-
-    /// Storage of a Linear weight with rows of `k` values: the linear dtype, except that
-    /// q8_0/q4_0 need whole 32-value blocks (other rows stay f16 so any checkpoint loads).
-    fn storage_dtype(&self, k: usize) -> DType {
-        match self.linear_dtype {
-            d if d.is_quantized() && k.is_multiple_of(32) => d,
-            d if d.is_quantized() => DType::F16,
-            d => d,
-        }
+    fn one(&self, name: &str, u: Use) -> Result<Tensor> {
+        let mut v = self
+            .weights
+            .tensors(&self.path(name), &u, &self.device, self.linear_dtype)?;
+        v.pop()
+            .ok_or_else(|| Error::Weights(format!("tensor {} is empty", self.path(name))))
     }
 
     /// An f32 tensor of the expected shape.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (_, data) = self.values(name, shape)?;
-        Tensor::from_f32(&data, shape, &self.device)
+        self.one(name, Use::plain(Role::F32, shape))
     }
 
     /// An embedding table `[V, D]`: f32 for f32 models, f16 otherwise (the gather kernel reads
     /// f32 and f16; half the bytes keeps GPT-2's 50257-row table under a 128 MiB binding).
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (full, data) = self.values(name, shape)?;
-        let dtype = if self.linear_dtype == DType::F32 {
-            DType::F32
-        } else {
-            DType::F16
-        };
-        Tensor::weight(&full, &data, shape, dtype, &self.device)
+        self.one(name, Use::plain(Role::Embedding, shape))
     }
 
     /// A weight in `self.linear_dtype` when its rows allow it (q8_0/q4_0 need K % 32 == 0;
@@ -288,47 +293,27 @@ impl<'a> Vb<'a> {
         stored: &[usize],
         shape: &[usize],
     ) -> Result<Tensor> {
-        let (full, data) = self.values(name, stored)?;
-        let dtype = self.storage_dtype(if shape.len() == 2 { shape[1] } else { 1 });
-        Tensor::weight(&full, &data, shape, dtype, &self.device)
+        let mut u = Use::plain(Role::Linear, shape);
+        u.source_shape = stored.to_vec();
+        self.one(name, u)
     }
-}
 
-/// A 0-d (or 1-element) tensor's value, e.g. CLIP's `logit_scale`.
-pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
-    let full = vb.path(name);
-    if vb.weights.random.is_some() {
-        return Ok(2.6592); // CLIP's logit_scale at initialization
-    }
-    let (v, _) = vb.weights.get_f32(&full)?;
-    match v.as_slice() {
-        [x] => Ok(*x),
-        _ => Err(Error::Weights(format!(
-            "tensor {full} should hold one value, it has {}",
-            v.len()
-        ))),
-    }
-}
-
-impl Vb<'_> {
     /// A GPT-2 `Conv1D` of `parts` equal outputs (c_attn: q, k, v) as separate Linears:
-    /// weight `[in, parts·out]` (transposed here into Linear rows), bias `[parts·out]`.
+    /// weight `[in, parts·out]` (transposed into Linear rows), bias `[parts·out]`.
     pub fn conv1d_split(
         &self,
         in_dim: usize,
         out_dim: usize,
         parts: usize,
     ) -> Result<Vec<crate::nn::Linear>> {
-        let (full, w) = self.values("weight", &[in_dim, parts * out_dim])?;
-        let n = parts * out_dim;
-        // [in, parts·out] -> [parts·out, in]
-        let mut t = vec![0f32; w.len()];
-        for i in 0..in_dim {
-            for o in 0..n {
-                t[o * in_dim + i] = w[i * n + o];
-            }
-        }
-        self.split_rows(&full, &t, in_dim, out_dim, parts)
+        let w = Use {
+            role: Role::Linear,
+            source_shape: vec![in_dim, parts * out_dim],
+            shape: vec![parts * out_dim, in_dim],
+            transposed: true,
+            parts,
+        };
+        self.split(w, out_dim, parts)
     }
 
     /// A fused `nn.Linear(in, parts·out)` (BLIP's `qkv`) as `parts` Linears.
@@ -338,40 +323,47 @@ impl Vb<'_> {
         out_dim: usize,
         parts: usize,
     ) -> Result<Vec<crate::nn::Linear>> {
-        let (full, w) = self.values("weight", &[parts * out_dim, in_dim])?;
-        self.split_rows(&full, &w, in_dim, out_dim, parts)
+        let mut w = Use::plain(Role::Linear, &[parts * out_dim, in_dim]);
+        w.parts = parts;
+        self.split(w, out_dim, parts)
     }
 
-    /// Linear p takes weight rows `[p·out, (p+1)·out)` of `w [parts·out, in]` and the matching
-    /// slice of this module's bias.
-    fn split_rows(
-        &self,
-        full: &str,
-        w: &[f32],
-        in_dim: usize,
-        out_dim: usize,
-        parts: usize,
-    ) -> Result<Vec<crate::nn::Linear>> {
-        let (_, b) = self.values("bias", &[parts * out_dim])?;
-        let dtype = self.storage_dtype(in_dim);
-        (0..parts)
-            .map(|p| {
-                let rows = &w[p * out_dim * in_dim..(p + 1) * out_dim * in_dim];
-                Ok(crate::nn::Linear {
-                    weight: Tensor::weight(
-                        &format!("{full}[{p}]"),
-                        rows,
-                        &[out_dim, in_dim],
-                        dtype,
-                        &self.device,
-                    )?,
-                    bias: Some(Tensor::from_f32(
-                        &b[p * out_dim..(p + 1) * out_dim],
-                        &[out_dim],
-                        &self.device,
-                    )?),
-                })
+    fn split(&self, w: Use, out_dim: usize, parts: usize) -> Result<Vec<crate::nn::Linear>> {
+        let mut b = Use::plain(Role::F32, &[parts * out_dim]);
+        b.parts = parts;
+        let weights =
+            self.weights
+                .tensors(&self.path("weight"), &w, &self.device, self.linear_dtype)?;
+        let biases =
+            self.weights
+                .tensors(&self.path("bias"), &b, &self.device, self.linear_dtype)?;
+        if weights.len() != parts || biases.len() != parts {
+            return Err(Error::Weights(format!(
+                "{}: expected {parts} parts",
+                self.path("weight")
+            )));
+        }
+        Ok(weights
+            .into_iter()
+            .zip(biases)
+            .map(|(weight, bias)| crate::nn::Linear {
+                weight,
+                bias: Some(bias),
             })
-            .collect()
+            .collect())
     }
+}
+
+/// A 0-d (or 1-element) tensor's value, e.g. CLIP's `logit_scale`.
+pub fn scalar(vb: &Vb, name: &str) -> Result<f32> {
+    let full = vb.path(name);
+    if let Mode::Plan(_) = &vb.weights.mode {
+        vb.weights.tensors(
+            &full,
+            &Use::plain(Role::Scalar, &[]),
+            &vb.device,
+            vb.linear_dtype,
+        )?;
+    }
+    vb.weights.scalar(&full)
 }

@@ -55,6 +55,30 @@ pub struct BlipConfig {
     pub text_config: BlipTextConfig,
 }
 
+impl crate::io::config::HfConfig for BlipConfig {
+    // transformers' BlipConfig(), BlipTextConfig() and BlipVisionConfig()
+    const DEFAULTS: &'static str = r#"{
+        "text_config": {
+            "vocab_size": 30524, "hidden_size": 768, "encoder_hidden_size": 768,
+            "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 8,
+            "max_position_embeddings": 512, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+            "bos_token_id": 30522, "pad_token_id": 0, "sep_token_id": 102
+        },
+        "vision_config": {
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "image_size": 384, "patch_size": 16, "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5
+        }
+    }"#;
+
+    /// BlipConfig.__init__: the text tower cross-attends to the vision tower's states, so its
+    /// `encoder_hidden_size` is the vision width whatever the file says (the hub's real
+    /// text_config has no such field).
+    fn finish(&mut self) {
+        self.text_config.encoder_hidden_size = self.vision_config.hidden_size;
+    }
+}
+
 // ---------------------------------------------------------------- vision
 
 struct VisionLayer {

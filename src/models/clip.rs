@@ -23,12 +23,8 @@ pub struct TextConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "crate::io::config::defaults::quick_gelu")]
     pub hidden_act: Activation,
-    #[serde(default = "legacy_eos")]
+    /// 2 in the configs of 2021 (openai/clip-vit-*): pooling then takes the highest id
     pub eos_token_id: u32,
-}
-
-fn legacy_eos() -> u32 {
-    2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +32,24 @@ pub struct ClipConfig {
     pub text_config: TextConfig,
     pub vision_config: VisionConfig,
     pub projection_dim: usize,
+}
+
+impl crate::io::config::HfConfig for ClipConfig {
+    // transformers' CLIPConfig(), CLIPTextConfig() and CLIPVisionConfig() (ViT-B/32)
+    const DEFAULTS: &'static str = r#"{
+        "projection_dim": 512,
+        "text_config": {
+            "vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048,
+            "num_hidden_layers": 12, "num_attention_heads": 8, "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "pad_token_id": 1,
+            "bos_token_id": 49406, "eos_token_id": 49407
+        },
+        "vision_config": {
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 32,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+        }
+    }"#;
 }
 
 pub struct Clip {

@@ -36,6 +36,21 @@ pub struct GitConfig {
     pub pad_token_id: Option<u32>,
 }
 
+impl crate::io::config::HfConfig for GitConfig {
+    // transformers' GitConfig() and GitVisionConfig() (git-base's shapes)
+    const DEFAULTS: &'static str = r#"{
+        "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 6, "num_attention_heads": 12,
+        "intermediate_size": 3072, "hidden_act": "gelu", "max_position_embeddings": 1024,
+        "layer_norm_eps": 1e-12, "pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102,
+        "tie_word_embeddings": false,
+        "vision_config": {
+            "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "num_channels": 3, "image_size": 224, "patch_size": 16,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
+        }
+    }"#;
+}
+
 /// One BERT-style (post-LN) decoder layer: `attention.self.{query,key,value}`,
 /// `attention.output.{dense,LayerNorm}`, `intermediate.dense`, `output.{dense,LayerNorm}`.
 struct GitLayer {

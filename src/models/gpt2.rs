@@ -29,6 +29,15 @@ pub struct Gpt2Config {
     pub scale_attn_weights: bool,
 }
 
+impl crate::io::config::HfConfig for Gpt2Config {
+    // transformers' GPT2Config()
+    const DEFAULTS: &'static str = r#"{
+        "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+        "scale_attn_weights": true, "add_cross_attention": false
+    }"#;
+}
+
 struct Block {
     ln_1: LayerNorm,
     q: Linear,

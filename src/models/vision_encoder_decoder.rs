@@ -8,6 +8,7 @@ use super::gpt2::{Gpt2, Gpt2Config};
 use super::vit::{Vit, VitConfig};
 use crate::error::{Error, Result};
 use crate::generate::Decoder;
+use crate::io::config::config_from_value;
 use crate::io::Vb;
 use crate::nn::{CrossKv, CrossView, KvCache, Linear};
 use crate::tensor::Tensor;
@@ -19,6 +20,11 @@ pub struct VisionEncoderDecoderConfig {
     pub decoder_start_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+}
+
+impl crate::io::config::HfConfig for VisionEncoderDecoderConfig {
+    // the encoder's and decoder's own defaults are applied by their config classes
+    const DEFAULTS: &'static str = "{}";
 }
 
 pub struct VisionEncoderDecoder {
@@ -47,10 +53,8 @@ impl VisionEncoderDecoder {
                 "config.json: VisionEncoderDecoder with encoder {ek:?} and decoder {dk:?} is not supported (vit + gpt2 is)"
             )));
         }
-        let enc_cfg: VitConfig = serde_json::from_value(cfg.encoder.clone())
-            .map_err(|e| Error::Config(format!("config.json encoder: {e}")))?;
-        let dec_cfg: Gpt2Config = serde_json::from_value(cfg.decoder.clone())
-            .map_err(|e| Error::Config(format!("config.json decoder: {e}")))?;
+        let enc_cfg: VitConfig = config_from_value("config.json encoder", cfg.encoder.clone())?;
+        let dec_cfg: Gpt2Config = config_from_value("config.json decoder", cfg.decoder.clone())?;
         if !dec_cfg.add_cross_attention {
             return Err(Error::Config(
                 "config.json decoder: add_cross_attention must be true".into(),

@@ -27,6 +27,15 @@ pub struct VitConfig {
     pub qkv_bias: bool,
 }
 
+impl crate::io::config::HfConfig for VitConfig {
+    // transformers' ViTConfig()
+    const DEFAULTS: &'static str = r#"{
+        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+        "image_size": 224, "patch_size": 16, "num_channels": 3, "qkv_bias": true
+    }"#;
+}
+
 struct VitLayer {
     attn: SelfAttention,
     intermediate: Linear,

@@ -119,6 +119,15 @@ pub(crate) enum Storage {
         ctx: Arc<GpuContext>,
         buf: Arc<GpuBuffer>,
     },
+    /// A weight `[N, K]` larger than one storage binding, split by rows: each chunk holds
+    /// `rows` consecutive rows in the dtype's own GPU layout. Only Linear and embedding read it.
+    GpuSplit {
+        ctx: Arc<GpuContext>,
+        chunks: Vec<(usize, Arc<GpuBuffer>)>,
+    },
+    /// Shape and dtype only, no data: what a model's constructor gets while glimpse plans a
+    /// load (which tensors it reads, and how), before any weight has arrived. No op runs on it.
+    Meta,
 }
 
 struct Inner {
@@ -171,8 +180,8 @@ impl Tensor {
     }
     pub fn device(&self) -> Device {
         match &self.0.storage {
-            Storage::Cpu(_) | Storage::CpuQuant(_) => Device::Cpu,
-            Storage::Gpu { ctx, .. } => Device::Gpu(ctx.clone()),
+            Storage::Cpu(_) | Storage::CpuQuant(_) | Storage::Meta => Device::Cpu,
+            Storage::Gpu { ctx, .. } | Storage::GpuSplit { ctx, .. } => Device::Gpu(ctx.clone()),
         }
     }
     pub(crate) fn storage(&self) -> &Storage {
@@ -208,6 +217,46 @@ impl Tensor {
             Storage::Gpu { ctx, buf } => Some((ctx, buf)),
             _ => None,
         }
+    }
+
+    /// The chunks of a weight split across buffers, each as a tensor `[rows, K]` of its own,
+    /// with the row it starts at; `None` unless the weight is split.
+    pub(crate) fn split_chunks(&self) -> Option<Vec<(usize, Tensor)>> {
+        let Storage::GpuSplit { ctx, chunks } = &self.0.storage else {
+            return None;
+        };
+        let k = self.dim(-1);
+        let mut start = 0;
+        Some(
+            chunks
+                .iter()
+                .map(|(rows, buf)| {
+                    let t = Tensor::from_storage(
+                        vec![*rows, k],
+                        self.dtype(),
+                        Storage::Gpu {
+                            ctx: ctx.clone(),
+                            buf: buf.clone(),
+                        },
+                    );
+                    let at = start;
+                    start += rows;
+                    (at, t)
+                })
+                .collect(),
+        )
+    }
+
+    /// The bytes of an f32 split weight, chunk after chunk (f32 layouts concatenate).
+    async fn split_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for (_, c) in self.split_chunks().unwrap_or_default() {
+            let (ctx, buf) = c
+                .gpu_parts()
+                .ok_or_else(|| self.dtype_err("read", "split chunk"))?;
+            out.extend(ctx.read(buf, c.gpu_bytes()).await?);
+        }
+        Ok(out)
     }
 
     /// Bytes this tensor occupies in its GPU buffer.
@@ -261,7 +310,7 @@ impl Tensor {
             DType::F32 => match device {
                 Device::Cpu => Self::from_f32(data, shape, device),
                 Device::Gpu(ctx) => {
-                    let buf = ctx.upload(name, bytemuck::cast_slice(data))?;
+                    let buf = ctx.upload_weight(name, bytemuck::cast_slice(data))?;
                     Ok(Self::gpu(ctx, buf, shape, DType::F32))
                 }
             },
@@ -278,7 +327,7 @@ impl Tensor {
                 Device::Gpu(ctx) => {
                     let halves: Vec<half::f16> =
                         data.iter().map(|&x| half::f16::from_f32(x)).collect();
-                    let buf = ctx.upload(name, bytemuck::cast_slice(&halves))?;
+                    let buf = ctx.upload_weight(name, bytemuck::cast_slice(&halves))?;
                     Ok(Self::gpu(ctx, buf, shape, DType::F16))
                 }
             },
@@ -292,12 +341,17 @@ impl Tensor {
                     )),
                     Device::Gpu(ctx) => {
                         let words = quant::pack_for_gpu(&qt, dtype)?;
-                        let buf = ctx.upload(name, bytemuck::cast_slice(&words))?;
+                        let buf = ctx.upload_weight(name, bytemuck::cast_slice(&words))?;
                         Ok(Self::gpu(ctx, buf, shape, dtype))
                     }
                 }
             }
         }
+    }
+
+    /// A placeholder with a shape and a dtype but no data (see [`Storage::Meta`]).
+    pub(crate) fn meta(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::from_storage(shape.to_vec(), dtype, Storage::Meta)
     }
 
     /// An f32 tensor of zeros.
@@ -382,6 +436,10 @@ impl Tensor {
                 Ok(bytemuck::pod_collect_to_vec(&bytes))
             }
             Storage::CpuQuant(_) => Err(self.dtype_err(op, "not a dense tensor")),
+            Storage::Meta => Err(self.dtype_err(op, "a planning placeholder holds no data")),
+            Storage::GpuSplit { .. } => {
+                Ok(bytemuck::pod_collect_to_vec(&self.split_bytes().await?))
+            }
         }
     }
 
@@ -401,6 +459,16 @@ impl Tensor {
                 let bytes = ctx.read(buf, self.gpu_bytes()).await?;
                 let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
                 quant::unpack_from_gpu(&words, self.numel(), d)
+            }
+            (Storage::GpuSplit { ctx, chunks }, d) => {
+                let k = self.dim(-1);
+                let mut out = Vec::with_capacity(self.numel());
+                for (rows, buf) in chunks {
+                    let bytes = ctx.read(buf, d.gpu_bytes(rows * k)).await?;
+                    let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+                    out.extend(quant::unpack_from_gpu(&words, rows * k, d)?);
+                }
+                Ok(out)
             }
             _ => Err(self.dtype_err("dequantize", "not a weight tensor")),
         }
@@ -445,6 +513,10 @@ impl Tensor {
             Storage::Cpu(t) => Storage::Cpu(t.reshape(shape)?),
             Storage::CpuQuant(_) => {
                 return Err(self.dtype_err("reshape", "quantized weights keep their [N, K] shape"))
+            }
+            Storage::Meta => Storage::Meta,
+            Storage::GpuSplit { .. } => {
+                return Err(self.dtype_err("reshape", "a split weight keeps its [N, K] shape"))
             }
             Storage::Gpu { ctx, buf } => Storage::Gpu {
                 ctx: ctx.clone(),

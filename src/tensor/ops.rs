@@ -125,6 +125,15 @@ impl Tensor {
         let rows = self.numel() / k.max(1);
         let mut out_shape = self.shape()[..self.rank() - 1].to_vec();
         out_shape.push(n);
+        if let Some(chunks) = w.split_chunks() {
+            // a weight split by rows: each chunk gives a slice of the outputs, joined on the last dim
+            let mut outs = Vec::with_capacity(chunks.len());
+            for (start, c) in &chunks {
+                let b = bias.map(|b| b.narrow(0, *start, c.dim(0))).transpose()?;
+                outs.push(self.linear(c, b.as_ref())?);
+            }
+            return Tensor::cat(&outs.iter().collect::<Vec<_>>(), out_shape.len() - 1);
+        }
         match self.storage() {
             Storage::Gpu { .. } => gk::matmul::linear(self, w, bias, rows, n, k, &out_shape),
             _ => cpu::linear(self, w, bias, &out_shape),
@@ -282,6 +291,7 @@ impl Tensor {
         out_shape.push(self.shape()[1]);
         match self.storage() {
             Storage::Gpu { .. } => gk::embedding::embedding(self, ids, &out_shape),
+            Storage::GpuSplit { .. } => gk::embedding::embedding_split(self, ids, &out_shape),
             _ => cpu::embedding(self, ids, &out_shape),
         }
     }

@@ -1,11 +1,17 @@
-// Row gather: out[r, :] = table[ids[r], :] for an f32 or f16 (WDTYPE 1) table [V, D].
-// An id ≥ V yields a zero row (ids come from our tokenizer or argmax, both < V).
+// Row gather: out[r, :] = table[ids[r] - row_start, :] for an f32 or f16 (WDTYPE 1) table
+// [V, D]. A table split across buffers is gathered once per chunk (skip_outside = 1): each
+// chunk writes only the rows it holds. An id past the whole table yields a zero row (ids come
+// from our tokenizer or argmax, both inside it).
 
 struct Params {
     vocab: u32,
     dim: u32,
     numel: u32,
     row_pitch: u32,
+    row_start: u32,
+    skip_outside: u32,
+    vocab_total: u32,
+    last_chunk: u32,
 }
 
 override WG_X: u32 = 256u;
@@ -24,11 +30,19 @@ fn embedding(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let id = ids[i / p.dim];
-    if (id >= p.vocab) {
-        out[i] = 0.0;
+    if (id >= p.vocab_total) {
+        if (p.last_chunk == 1u) {
+            out[i] = 0.0;
+        }
         return;
     }
-    let e = id * p.dim + i % p.dim;
+    if (id < p.row_start || id - p.row_start >= p.vocab) {
+        if (p.skip_outside == 0u) {
+            out[i] = 0.0;
+        }
+        return;
+    }
+    let e = (id - p.row_start) * p.dim + i % p.dim;
     if (WDTYPE == 1u) {
         let w = unpack2x16float(table[e >> 1u]);
         out[i] = select(w.x, w.y, (e & 1u) == 1u);
