@@ -210,34 +210,7 @@ impl ModelSource for ModelSpec {
     type Model = Model;
 
     fn build(&self, vb: &Vb) -> Result<Model> {
-        let c = &self.config_json;
-        Ok(match self.architecture.as_str() {
-            "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(
-                vb,
-                &parse_config::<GitConfig>("config.json", c)?,
-            )?)),
-            "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(
-                vb,
-                &parse_config::<ClipConfig>("config.json", c)?,
-            )?)),
-            "VisionEncoderDecoderModel" | "vision-encoder-decoder" => {
-                Model::VisionEncoderDecoder(Box::new(VisionEncoderDecoder::new(
-                    vb,
-                    &parse_config::<VisionEncoderDecoderConfig>("config.json", c)?,
-                )?))
-            }
-            "BlipForConditionalGeneration" | "BlipForQuestionAnswering" => {
-                let cfg = parse_config::<BlipConfig>("config.json", c)?;
-                Model::Blip(Box::new(Blip::new(
-                    vb,
-                    &cfg,
-                    self.architecture == "BlipForQuestionAnswering",
-                )?))
-            }
-            other => return Err(Error::Config(format!(
-                "config.json: architecture {other:?} is not supported (supported: {ARCHITECTURES})"
-            ))),
-        })
+        build_model(&self.architecture, &self.config_json, vb)
     }
 
     fn gguf_metadata(&self) -> Result<Vec<(String, String)>> {
@@ -279,6 +252,55 @@ impl ModelSource for ModelSpec {
     }
 }
 
+/// Builds the model of architecture `arch` described by `config_json` from `vb` (a plan, the
+/// loaded tensors, or random weights).
+pub fn build_model(arch: &str, config_json: &str, vb: &Vb) -> Result<Model> {
+    let c = config_json;
+    Ok(match arch {
+        "GitForCausalLM" | "git" => Model::Git(Box::new(Git::new(
+            vb,
+            &parse_config::<GitConfig>("config.json", c)?,
+        )?)),
+        "CLIPModel" | "clip" => Model::Clip(Box::new(Clip::new(
+            vb,
+            &parse_config::<ClipConfig>("config.json", c)?,
+        )?)),
+        "VisionEncoderDecoderModel" | "vision-encoder-decoder" => {
+            Model::VisionEncoderDecoder(Box::new(VisionEncoderDecoder::new(
+                vb,
+                &parse_config::<VisionEncoderDecoderConfig>("config.json", c)?,
+            )?))
+        }
+        "BlipForConditionalGeneration" | "BlipForQuestionAnswering" => {
+            let cfg = parse_config::<BlipConfig>("config.json", c)?;
+            Model::Blip(Box::new(Blip::new(
+                vb,
+                &cfg,
+                arch == "BlipForQuestionAnswering",
+            )?))
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "config.json: architecture {other:?} is not supported (supported: {ARCHITECTURES})"
+            )))
+        }
+    })
+}
+
+/// The tensors (Hugging Face names and checkpoint shapes, in the order the model reads them)
+/// of the model `config_json` describes, as a checkpoint without tied copies holds them.
+pub fn checkpoint_tensors(config_json: &str) -> Result<Vec<(String, Vec<usize>)>> {
+    let arch = architecture(config_json)?;
+    let w = crate::io::Weights::plan(None, Default::default());
+    build_model(&arch, config_json, &Vb::new(&w, &Device::Cpu, DType::F32))?;
+    let plan = w.into_plan().ok_or_else(|| Error::Invalid("plan".into()))?;
+    Ok(plan
+        .order
+        .iter()
+        .map(|n| (n.clone(), plan.uses[n][0].source_shape.clone()))
+        .collect())
+}
+
 /// Chunks pushed at a time when glimpse reads a file itself.
 const CHUNK: usize = 8 << 20;
 
@@ -310,13 +332,8 @@ fn load_files_with(
     if let Some(index) = &files.index {
         loader.set_shard_index(index)?;
     }
-    for (_, bytes) in &files.weights {
-        for chunk in bytes.chunks(CHUNK) {
-            loader.push(chunk)?;
-            on_step(&mut loader)?;
-        }
-        loader.end_file()?;
-        on_step(&mut loader)?;
+    for (i, (name, bytes)) in files.weights.iter().enumerate() {
+        crate::io::stream::push_file(&mut loader, i, name, bytes, CHUNK, on_step)?;
     }
     Ok(loader)
 }
@@ -557,6 +574,10 @@ impl Pipeline {
 
     pub fn architecture(&self) -> &str {
         &self.architecture
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
     }
 
     pub fn task(&self) -> Task {

@@ -119,6 +119,29 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Writes a checkpoint with seeded random weights for a config.json (real-size tests and
+    /// benchmarks without a download), as a hub repo holds it: config.json and
+    /// model.safetensors or pytorch_model.bin, plus the small files of --meta-from
+    Checkpoint {
+        /// the model's config.json (e.g. one of a hub repo)
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// values are uniform in ±scale (norm weights 1 ± scale/4)
+        #[arg(long, default_value_t = 0.05)]
+        scale: f32,
+        #[arg(long, default_value = "bin", value_parser = ["bin", "safetensors"])]
+        format: String,
+        /// cut every layer count (num_hidden_layers, n_layer) to at most this
+        #[arg(long)]
+        layers: Option<u64>,
+        /// copy the small files (preprocessor config, tokenizer …) of this folder
+        #[arg(long)]
+        meta_from: Option<PathBuf>,
+    },
     /// Writes synthetic scenes (PNG) and their captions and questions (scenes.jsonl)
     Scenes {
         #[arg(long, default_value_t = 0)]
@@ -232,6 +255,22 @@ fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
         }
         None => Pipeline::load(&default_model::files(), &device, dtype)?,
     })
+}
+
+/// Cuts every layer count of a config (num_hidden_layers, n_layer) to at most `n`.
+fn cut_layers(v: &mut serde_json::Value, n: u64) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.as_u64() {
+                    Some(c) if k == "num_hidden_layers" || k == "n_layer" => *x = c.min(n).into(),
+                    _ => cut_layers(x, n),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| cut_layers(x, n)),
+        _ => {}
+    }
 }
 
 /// The files of `--model`, or of the embedded default model.
@@ -597,6 +636,57 @@ fn main() -> anyhow::Result<()> {
                 stats.gguf_bytes,
                 stats.tensors,
                 stats.params as f64 / 1e6
+            );
+        }
+        Command::Checkpoint {
+            config,
+            out,
+            seed,
+            scale,
+            format,
+            layers,
+            meta_from,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let mut v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", config.display()))?;
+            if let Some(n) = layers {
+                cut_layers(&mut v, n);
+            }
+            let text = serde_json::to_string_pretty(&v)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            if let Some(dir) = meta_from {
+                for f in glimpse::io::files::META_FILES {
+                    let src = dir.join(f);
+                    if src.exists() && *f != "config.json" {
+                        std::fs::copy(&src, out.join(f))
+                            .with_context(|| format!("copying {}", src.display()))?;
+                    }
+                }
+            }
+            std::fs::write(out.join("config.json"), &text)?;
+            let format = match format.as_str() {
+                "safetensors" => glimpse::io::checkpoint::Format::Safetensors,
+                _ => glimpse::io::checkpoint::Format::Torch,
+            };
+            let tensors = glimpse::pipeline::checkpoint_tensors(&text)?;
+            let path = out.join(format.file_name());
+            let file = std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            glimpse::io::checkpoint::write(file, &tensors, seed, scale, format)?;
+            let params: usize = tensors
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            println!(
+                "wrote {} ({} tensors, {:.1} M parameters, {} bytes)",
+                path.display(),
+                tensors.len(),
+                params as f64 / 1e6,
+                std::fs::metadata(&path)?.len()
             );
         }
         Command::Scenes {

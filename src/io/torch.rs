@@ -67,7 +67,8 @@ pub struct ZipEntry {
 /// fetched was too short to hold it.
 #[derive(Debug)]
 pub enum Directory {
-    Entries(Vec<ZipEntry>),
+    /// the entries, and where the central directory starts (the end of the entries' data)
+    Entries(Vec<ZipEntry>, u64),
     NeedFrom(u64),
 }
 
@@ -163,7 +164,7 @@ pub fn parse_directory(tail: &[u8], tail_offset: u64, file_len: u64) -> Result<D
         });
         at += 46 + n + m + k;
     }
-    Ok(Directory::Entries(out))
+    Ok(Directory::Entries(out, cd_offset))
 }
 
 fn zip64_extra(extra: &[u8]) -> Option<&[u8]> {
@@ -185,7 +186,8 @@ fn zip64_extra(extra: &[u8]) -> Option<&[u8]> {
 #[derive(Debug)]
 pub struct LocalHeader {
     pub name: String,
-    pub size: u64,
+    /// `None` when the size follows the data (a data descriptor), as torch.save writes it
+    pub size: Option<u64>,
     pub method: u16,
     pub header_len: usize,
 }
@@ -235,14 +237,14 @@ pub fn parse_local_header(b: &[u8]) -> Result<Next> {
         }
         size = u64_at(z, 8);
     }
-    if flags & 0x8 != 0 && size == 0 {
-        return Err(err(format!(
-            "{name}: the entry's size is only given after its data (a streamed zip); glimpse needs zips as torch.save writes them"
-        )));
-    }
     Ok(Next::Entry(LocalHeader {
         name,
-        size,
+        // torch.save writes sizes after the data (flag bit 3): the central directory has them
+        size: if flags & 0x8 != 0 && size == 0 {
+            None
+        } else {
+            Some(size)
+        },
         method,
         header_len: 30 + n + m,
     }))

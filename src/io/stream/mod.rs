@@ -113,11 +113,12 @@ enum FileState {
     Header(Vec<u8>),
     /// Header parsed; data flows to the regions.
     Data,
-    /// A PyTorch zip: where the current entry's data ends (records start there), the bytes of
-    /// the next record's header so far, `data.pkl` being read, and whether the central
-    /// directory (the end of the data) was reached.
+    /// A PyTorch zip: where the current entry's data ends, where the next record starts (after
+    /// a data descriptor), the bytes of the next record's header so far, `data.pkl` being read,
+    /// and whether the central directory (the end of the data) was reached.
     Zip {
         next: u64,
+        resume: u64,
         head: Vec<u8>,
         pickle: Option<(Vec<u8>, String)>,
         ended: bool,
@@ -192,8 +193,10 @@ pub struct Loader<S: ModelSource> {
     writes: Vec<(u64, Vec<u8>)>,
     hasher: Option<sha2::Sha256>,
     stats: LoadStats,
-    /// bytes of `data.pkl` already read from the directory (a Range request), per file
+    /// `data.pkl` read ahead (from the directory, e.g. a Range request), per file
     pickles: HashMap<usize, Vec<TorchTensor>>,
+    /// the central directory of each `pytorch_model.bin`, entries by local header offset
+    zip_dirs: HashMap<usize, Vec<torch::ZipEntry>>,
 }
 
 impl<S: ModelSource> Loader<S> {
@@ -235,6 +238,7 @@ impl<S: ModelSource> Loader<S> {
             hasher: None,
             stats: LoadStats::default(),
             pickles: HashMap::new(),
+            zip_dirs: HashMap::new(),
         };
         l.begin_file()?;
         Ok(l)
@@ -283,10 +287,19 @@ impl<S: ModelSource> Loader<S> {
     ) -> Result<std::result::Result<(u64, u64), u64>> {
         match torch::parse_directory(tail, tail_offset, file_len)? {
             torch::Directory::NeedFrom(o) => Ok(Err(o)),
-            torch::Directory::Entries(entries) => {
+            torch::Directory::Entries(mut entries, cd_offset) => {
+                entries.sort_by_key(|e| e.local_offset);
+                // the central directory as a last "entry": where the data of the archive ends
+                entries.push(torch::ZipEntry {
+                    name: String::new(),
+                    local_offset: cd_offset,
+                    size: 0,
+                    method: 0,
+                });
                 let pkl = entries
                     .iter()
                     .find(|e| e.name.ends_with("/data.pkl"))
+                    .cloned()
                     .ok_or_else(|| {
                         Error::Weights(format!(
                             "{}: no data.pkl in the archive",
@@ -307,7 +320,9 @@ impl<S: ModelSource> Loader<S> {
                         e.name
                     )));
                 }
-                Ok(Ok((pkl.local_offset, 30 + 2 * 65535 + pkl.size)))
+                let at = (pkl.local_offset, 30 + 2 * 65535 + pkl.size);
+                self.zip_dirs.insert(file, entries);
+                Ok(Ok(at))
             }
         }
     }
@@ -320,7 +335,18 @@ impl<S: ModelSource> Loader<S> {
                 "pytorch_model.bin: data.pkl's header is damaged".into(),
             ));
         };
-        let end = h.header_len + h.size as usize;
+        let size = match h.size {
+            Some(s) => s,
+            None => self
+                .zip_dirs
+                .get(&file)
+                .and_then(|d| d.iter().find(|e| e.name == h.name))
+                .map(|e| e.size)
+                .ok_or_else(|| {
+                    Error::Weights("pytorch_model.bin: data.pkl's size is not known".into())
+                })?,
+        };
+        let end = h.header_len + size as usize;
         if from_header.len() < end {
             return Err(Error::Weights(
                 "pytorch_model.bin: data.pkl was cut short".into(),
@@ -374,6 +400,7 @@ impl<S: ModelSource> Loader<S> {
         self.state = match self.format {
             Some(Format::Torch) => FileState::Zip {
                 next: 0,
+                resume: 0,
                 head: Vec::new(),
                 pickle: None,
                 ended: false,
@@ -761,6 +788,7 @@ impl<S: ModelSource> Loader<S> {
     fn zip_step(&mut self, bytes: &[u8]) -> Result<usize> {
         let FileState::Zip {
             next,
+            resume,
             ended,
             pickle,
             ..
@@ -768,7 +796,7 @@ impl<S: ModelSource> Loader<S> {
         else {
             return Ok(0);
         };
-        let (next, ended, reading_pickle) = (*next, *ended, pickle.is_some());
+        let (next, resume, ended, reading_pickle) = (*next, *resume, *ended, pickle.is_some());
         if ended {
             // the central directory and what follows it hold no tensor data
             self.pos += bytes.len() as u64;
@@ -804,6 +832,12 @@ impl<S: ModelSource> Loader<S> {
             }
             return Ok(take);
         }
+        if self.pos < resume {
+            // a data descriptor: its fields are in the directory already
+            let take = ((resume - self.pos) as usize).min(bytes.len());
+            self.pos += take as u64;
+            return Ok(take);
+        }
         let FileState::Zip { head, .. } = &mut self.state else {
             return Ok(0);
         };
@@ -832,18 +866,42 @@ impl<S: ModelSource> Loader<S> {
             torch::Next::Entry(h) => {
                 let used = h.header_len - before;
                 let data_start = self.pos + used as u64;
-                if let FileState::Zip { next, head, .. } = &mut self.state {
-                    *next = data_start + h.size;
+                let header_at = self.pos - before as u64;
+                // sizes and where the next record starts come from the central directory
+                // (torch.save puts them after each entry's data)
+                let dir = self.zip_dirs.get(&self.current);
+                let size = match (h.size, dir) {
+                    (_, Some(d)) => d
+                        .iter()
+                        .find(|e| e.local_offset == header_at && e.name == h.name)
+                        .map(|e| e.size)
+                        .ok_or_else(|| {
+                            Error::Weights(format!(
+                                "pytorch_model.bin: entry {} at byte {header_at} is not in the archive's directory: the file is damaged",
+                                h.name
+                            ))
+                        })?,
+                    (Some(s), None) => s,
+                    (None, None) => {
+                        return Err(Error::Invalid(
+                            "pytorch_model.bin: its entries' sizes are in the directory at its end; read that first (Loader::torch_directory)".into(),
+                        ))
+                    }
+                };
+                let next_record = dir
+                    .and_then(|d| d.iter().find(|e| e.local_offset > header_at))
+                    .map(|e| e.local_offset);
+                let data_end = data_start + size;
+                if let FileState::Zip {
+                    next, resume, head, ..
+                } = &mut self.state
+                {
+                    *next = data_end;
+                    *resume = next_record.unwrap_or(data_end).max(data_end);
                     head.clear();
                 }
                 self.pos = data_start;
-                if h.method != 0 {
-                    return Err(Error::Weights(format!(
-                        "pytorch_model.bin: entry {} is compressed; glimpse reads archives as torch.save writes them (stored)",
-                        h.name
-                    )));
-                }
-                self.zip_entry(&h.name, data_start, h.size)?;
+                self.zip_entry(&h.name, data_start, size)?;
                 Ok(used)
             }
         }
@@ -1164,6 +1222,38 @@ impl<S: ModelSource> Loader<S> {
     }
 }
 
+/// Pushes weight file `i` held in memory, whole: for a `pytorch_model.bin` its directory and
+/// `data.pkl` first (as a Range request does in the browser), then every byte in `chunk`-sized
+/// pieces; `on_step` runs after each (to take GGUF writes).
+pub fn push_file<S: ModelSource>(
+    loader: &mut Loader<S>,
+    i: usize,
+    name: &str,
+    bytes: &[u8],
+    chunk: usize,
+    on_step: &mut dyn FnMut(&mut Loader<S>) -> Result<()>,
+) -> Result<()> {
+    if name.ends_with(".bin") {
+        let len = bytes.len() as u64;
+        let mut from = len.saturating_sub(64 << 10);
+        let (at, max) = loop {
+            match loader.torch_directory(i, &bytes[from as usize..], from, len)? {
+                Ok(at) => break at,
+                Err(earlier) if earlier < from => from = earlier,
+                Err(_) => return Err(Error::Weights(format!("{name}: damaged zip directory"))),
+            }
+        };
+        let end = (at + max).min(len) as usize;
+        loader.torch_pickle(i, &bytes[(at as usize).min(end)..end])?;
+    }
+    for c in bytes.chunks(chunk.max(1)) {
+        loader.push(c)?;
+        on_step(loader)?;
+    }
+    loader.end_file()?;
+    on_step(loader)
+}
+
 /// Builds a model from checkpoint files in memory (name, bytes) through the stream loader:
 /// what tests and tools use to construct one architecture directly.
 pub fn build_model<M>(
@@ -1186,11 +1276,8 @@ pub fn build_model<M>(
         write_gguf: false,
     };
     let mut l = Loader::new(Some(FnSource(ctor)), wf, opts)?;
-    for (_, b) in files {
-        for chunk in b.chunks(4 << 20) {
-            l.push(chunk)?;
-        }
-        l.end_file()?;
+    for (i, (name, b)) in files.iter().enumerate() {
+        push_file(&mut l, i, name, b, 4 << 20, &mut |_| Ok(()))?;
     }
     l.finish()?
         .0
