@@ -314,15 +314,21 @@ pub async fn bench_model(
             let mut times = (0.0, 0.0, 0.0);
             for _ in 0..2 {
                 let t = now_ms();
-                let prefix = m.image_prefix(&m.encode_image(&px)?, 64)?;
+                let prefix = m.image_prefix(&m.encode_image(&px)?)?;
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&prefix)?, &[101], &opts(1), &mut |_| true).await?;
+                generate(
+                    &mut m.decoder(&prefix, 1 + new_tokens)?,
+                    &[101],
+                    &opts(1),
+                    &mut |_| true,
+                )
+                .await?;
                 times.1 = now_ms() - t;
                 let t = now_ms();
                 generate(
-                    &mut m.decoder(&prefix)?,
+                    &mut m.decoder(&prefix, 1 + new_tokens)?,
                     &[101],
                     &opts(new_tokens),
                     &mut |_| true,
@@ -356,12 +362,21 @@ pub async fn bench_model(
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&enc)?, &[0], &opts(1), &mut |_| true).await?;
+                generate(
+                    &mut m.decoder(&enc, 1 + new_tokens)?,
+                    &[0],
+                    &opts(1),
+                    &mut |_| true,
+                )
+                .await?;
                 times.1 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&enc)?, &[0], &opts(new_tokens), &mut |_| {
-                    true
-                })
+                generate(
+                    &mut m.decoder(&enc, 1 + new_tokens)?,
+                    &[0],
+                    &opts(new_tokens),
+                    &mut |_| true,
+                )
                 .await?;
                 times.2 = now_ms() - t;
             }
@@ -382,11 +397,17 @@ pub async fn bench_model(
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
-                generate(&mut m.decoder(&memory)?, &[bos], &opts(1), &mut |_| true).await?;
+                generate(
+                    &mut m.decoder(&memory, 1 + new_tokens)?,
+                    &[bos],
+                    &opts(1),
+                    &mut |_| true,
+                )
+                .await?;
                 times.1 = now_ms() - t;
                 let t = now_ms();
                 generate(
-                    &mut m.decoder(&memory)?,
+                    &mut m.decoder(&memory, 1 + new_tokens)?,
                     &[bos],
                     &opts(new_tokens),
                     &mut |_| true,

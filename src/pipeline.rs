@@ -498,6 +498,17 @@ pub enum PreparedImage {
     Blip(Tensor, Option<BlipMemory>),
 }
 
+impl Drop for Pipeline {
+    /// The model's weights leave the GPU with it (exact buffers, destroyed when dropped); the
+    /// pool's free activation buffers go too, so a page that swaps models does not keep the old
+    /// one's working memory.
+    fn drop(&mut self) {
+        if let Device::Gpu(ctx) = &self.device {
+            ctx.trim_pool();
+        }
+    }
+}
+
 /// Generated text with its ids (prompt included, as transformers returns them).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generated {
@@ -547,6 +558,21 @@ impl Pipeline {
             write_gguf: false,
         };
         Pipeline::from_loader(stream_dir(path, spec, opts, &mut |_| Ok(()))?)
+    }
+
+    /// The model a spec describes with seeded random weights (benchmarks and real-shape tests
+    /// without a checkpoint).
+    pub fn from_spec_random(spec: ModelSpec, device: &Device) -> Result<Pipeline> {
+        let w = crate::io::Weights::random(1);
+        let model = spec.build(&Vb::new(&w, device, DType::F32))?;
+        Ok(Pipeline {
+            model,
+            architecture: spec.architecture,
+            tokenizer: spec.tokenizer,
+            processor: spec.processor,
+            generation: spec.generation,
+            device: device.clone(),
+        })
     }
 
     /// The pipeline of a loader whose files have all ended.
@@ -625,9 +651,7 @@ impl Pipeline {
         match &self.model {
             Model::Git(g) => {
                 let visual = g.encode_image(pixels)?;
-                Ok(PreparedImage::Git(
-                    g.image_prefix(&visual, g.cfg.max_position_embeddings)?,
-                ))
+                Ok(PreparedImage::Git(g.image_prefix(&visual)?))
             }
             Model::Clip(c) => Ok(PreparedImage::Clip(c.image_embeds(pixels)?)),
             Model::VisionEncoderDecoder(m) => {
@@ -646,7 +670,7 @@ impl Pipeline {
     }
 
     /// The first token of a caption: BOS for GIT, decoder_start_token_id for encoder-decoders.
-    fn start_token(&self) -> Result<u32> {
+    pub fn start_token(&self) -> Result<u32> {
         let g = &self.generation;
         let id = match &self.model {
             Model::Git(m) => g.bos_token_id.or(m.cfg.bos_token_id),
@@ -745,6 +769,8 @@ impl Pipeline {
                 opts.max_new_tokens
             )));
         }
+        // the KV caches hold what this request needs (they grow if it ever needs more)
+        let text = prompt.len() + opts.max_new_tokens;
         let mut new_ids: Vec<u32> = Vec::new();
         let tokenizer = &self.tokenizer;
         let eos = opts.eos_token_ids.clone();
@@ -759,10 +785,10 @@ impl Pipeline {
         };
         let ids = match (&self.model, image) {
             (Model::Git(g), PreparedImage::Git(prefix)) => {
-                generate(&mut g.decoder(prefix)?, &prompt, opts, &mut stream).await?
+                generate(&mut g.decoder(prefix, text)?, &prompt, opts, &mut stream).await?
             }
             (Model::VisionEncoderDecoder(m), PreparedImage::VisionEncoderDecoder(enc)) => {
-                generate(&mut m.decoder(enc)?, &prompt, opts, &mut stream).await?
+                generate(&mut m.decoder(enc, text)?, &prompt, opts, &mut stream).await?
             }
             (Model::Blip(b), PreparedImage::Blip(image, memory)) => {
                 let asked;
@@ -784,7 +810,7 @@ impl Pipeline {
                         return Err(Error::Invalid("this BLIP model needs a question".into()))
                     }
                 };
-                generate(&mut b.decoder(memory)?, &prompt, opts, &mut stream).await?
+                generate(&mut b.decoder(memory, text)?, &prompt, opts, &mut stream).await?
             }
             _ => {
                 return Err(Error::Invalid(

@@ -66,7 +66,7 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
         let want = u32s(&e["greedy_ids"]);
         let bos = [want[0]];
         let got = pollster::block_on(generate(
-            &mut model.decoder(&memory).unwrap(),
+            &mut model.decoder(&memory, 4).unwrap(),
             &bos,
             &opts,
             &mut |_| true,
@@ -79,7 +79,7 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
             ..opts.clone()
         };
         let got = pollster::block_on(generate(
-            &mut model.decoder(&memory).unwrap(),
+            &mut model.decoder(&memory, 4).unwrap(),
             &bos,
             &beam,
             &mut |_| true,
@@ -90,7 +90,7 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
         let mut prompt = bos.to_vec();
         prompt.extend(f.tok.encode(e["prompt"].as_str().unwrap(), false).unwrap());
         let got = pollster::block_on(generate(
-            &mut model.decoder(&memory).unwrap(),
+            &mut model.decoder(&memory, 4).unwrap(),
             &prompt,
             &GenerateOptions {
                 max_new_tokens: 6,
@@ -102,7 +102,7 @@ fn caption(f: &Fx, d: &Device, dtype: DType) -> (f32, usize, usize) {
         ok += (got == u32s(&e["prompted_ids"])) as usize;
         let logits = read(
             &model
-                .decoder(&memory)
+                .decoder(&memory, 4)
                 .unwrap()
                 .forward_all(std::slice::from_ref(&want))
                 .unwrap(),
@@ -136,7 +136,7 @@ fn vqa(f: &Fx, d: &Device, dtype: DType) -> (usize, usize) {
             assert_eq!(ids, u32s(&a["question_ids"]), "question tokens");
             let memory = model.question_memory(&image, &ids).unwrap();
             let got = pollster::block_on(generate(
-                &mut model.decoder(&memory).unwrap(),
+                &mut model.decoder(&memory, 4).unwrap(),
                 &[f.cfg.text_config.bos_token_id],
                 &opts,
                 &mut |_| true,

@@ -49,11 +49,11 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
     let (mut max_diff, mut greedy_ok, mut beam_ok, mut vqa_ok, mut total) = (0f32, 0, 0, 0, 0);
     for (name, entry) in f.reference["images"].as_object().unwrap() {
         let visual = model.encode_image(&pixels(f, name, d)).unwrap();
-        let prefix = model.image_prefix(&visual, 32).unwrap();
+        let prefix = model.image_prefix(&visual).unwrap();
         let want_greedy = u32s(&entry["greedy_ids"]);
         let bos = want_greedy[0];
 
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let full = pollster::block_on(generate(
             &mut dec,
             &[bos],
@@ -66,7 +66,7 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         .unwrap();
         greedy_ok += (full == want_greedy) as usize;
 
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let beam_opts = GenerateOptions {
             max_new_tokens: 10,
             num_beams: 3,
@@ -79,7 +79,7 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
 
         // the logits processors (repetition_penalty 1.5, no_repeat_ngram_size 2, min_new_tokens 8)
         // and a wider beam with length_penalty 0.5, early_stopping false
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let processed = GenerateOptions {
             max_new_tokens: 10,
             repetition_penalty: 1.5,
@@ -90,7 +90,7 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         let got =
             pollster::block_on(generate(&mut dec, &[bos], &processed, &mut |_| true)).unwrap();
         greedy_ok += (got == u32s(&entry["processed_ids"])) as usize;
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let beam4 = GenerateOptions {
             max_new_tokens: 10,
             num_beams: 4,
@@ -102,7 +102,7 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         beam_ok += (got == u32s(&entry["beam4_lp05_ids"])) as usize;
 
         // streaming can stop generation: cancel after the third token
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let mut seen = 0;
         let got = pollster::block_on(generate(
             &mut dec,
@@ -120,14 +120,14 @@ fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, usize, usize, usize, usiz
         assert_eq!(got[..], full[..4], "cancelled after three tokens");
 
         // teacher-forced logits along the reference caption
-        let mut dec = model.decoder(&prefix).unwrap();
+        let mut dec = model.decoder(&prefix, 4).unwrap();
         let logits = read(&dec.forward_all(std::slice::from_ref(&want_greedy)).unwrap());
         let want = f32s(&entry["text_logits"]);
         max_diff = max_diff.max(max_abs_diff(&logits[..want.len()], &want).0);
 
         for qa in entry["vqa"].as_array().unwrap() {
             let prompt = u32s(&qa["prompt_ids"]);
-            let mut dec = model.decoder(&prefix).unwrap(); // the image prefix serves every question
+            let mut dec = model.decoder(&prefix, 4).unwrap(); // the image prefix serves every question
             let got = pollster::block_on(generate(
                 &mut dec,
                 &prompt,

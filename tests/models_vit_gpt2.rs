@@ -47,7 +47,7 @@ fn run(dtype: DType, d: &Device) -> (f32, usize, usize, usize) {
         let want = u32s(&e["greedy_ids"]);
         let start = [want[0]];
         let got = pollster::block_on(generate(
-            &mut model.decoder(&image).unwrap(),
+            &mut model.decoder(&image, 4).unwrap(),
             &start,
             &opts,
             &mut |_| true,
@@ -60,7 +60,7 @@ fn run(dtype: DType, d: &Device) -> (f32, usize, usize, usize) {
             ..opts.clone()
         };
         let got = pollster::block_on(generate(
-            &mut model.decoder(&image).unwrap(),
+            &mut model.decoder(&image, 4).unwrap(),
             &start,
             &beam,
             &mut |_| true,
@@ -69,7 +69,7 @@ fn run(dtype: DType, d: &Device) -> (f32, usize, usize, usize) {
         beam_ok += (got == u32s(&e["beam_ids"])) as usize;
         let logits = read(
             &model
-                .decoder(&image)
+                .decoder(&image, 4)
                 .unwrap()
                 .forward_all(std::slice::from_ref(&want))
                 .unwrap(),

@@ -146,8 +146,9 @@ pub(crate) fn attention(
     // grouped-query: repeat each kv head h/hkv times -> (B, H, Tk, D)
     let rep = h / hkv;
     let expand = |t: CT| -> Result<CT> {
+        // batch 1 broadcasts over the queries' batch (cross-attention shared by beams)
         Ok(if rep == 1 {
-            t
+            t.broadcast_as((b, h, kv_len, d))?
         } else {
             t.unsqueeze(2)?
                 .expand((b, hkv, rep, kv_len, d))?

@@ -11,8 +11,8 @@ use crate::generate::Decoder;
 use crate::io::config::Activation;
 use crate::io::Vb;
 use crate::nn::{
-    activation, check_pixels, merge_heads, split_heads, with_class_token, CrossKv, CrossView,
-    KvCache, LayerNorm, Linear, SelfAttention,
+    activation, check_pixels, merge_heads, split_heads, with_class_token, CrossKv, KvCache,
+    LayerNorm, Linear, SelfAttention,
 };
 use crate::tensor::{AttentionOpts, Tensor};
 
@@ -456,7 +456,8 @@ impl Blip {
         self.cfg.text_config.max_position_embeddings
     }
 
-    pub fn decoder<'a>(&'a self, memory: &'a BlipMemory) -> Result<BlipDecoder<'a>> {
+    /// A decoder state for up to `text` tokens (prompt and answer).
+    pub fn decoder<'a>(&'a self, memory: &'a BlipMemory, text: usize) -> Result<BlipDecoder<'a>> {
         let c = &self.cfg.text_config;
         let device = self.text_decoder.bert.word_embeddings.device();
         let caches = (0..c.num_hidden_layers)
@@ -464,7 +465,7 @@ impl Blip {
                 KvCache::new(
                     1,
                     c.num_attention_heads,
-                    c.max_position_embeddings,
+                    text,
                     c.hidden_size / c.num_attention_heads,
                     &device,
                 )
@@ -472,7 +473,7 @@ impl Blip {
             .collect::<Result<_>>()?;
         Ok(BlipDecoder {
             model: self,
-            cross: CrossView::new(&memory.cross),
+            cross: &memory.cross,
             caches,
             pos: 0,
         })
@@ -481,7 +482,7 @@ impl Blip {
 
 pub struct BlipDecoder<'a> {
     model: &'a Blip,
-    cross: CrossView<'a>,
+    cross: &'a [CrossKv],
     caches: Vec<KvCache>,
     pos: usize,
 }
@@ -496,7 +497,7 @@ impl BlipDecoder<'_> {
             .layers
             .iter()
             .zip(self.caches.iter_mut())
-            .zip(self.cross.layers())
+            .zip(self.cross)
         {
             x = layer.forward(&x, Some(cache), kv)?;
         }
@@ -511,7 +512,6 @@ impl Decoder for BlipDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        crate::nn::reorder_caches(&mut self.caches, rows)?;
-        self.cross.fit_batch(rows.len())
+        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

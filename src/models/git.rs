@@ -179,9 +179,9 @@ impl Git {
         self.projection_ln.forward(&self.projection.forward(&x)?)
     }
 
-    /// Runs the image tokens through the decoder once; `max_text` positions are reserved for
-    /// the prompt and the answer.
-    pub fn image_prefix(&self, visual: &Tensor, max_text: usize) -> Result<ImagePrefix> {
+    /// Runs the image tokens through the decoder once; the caches hold exactly those tokens
+    /// (each request copies them into caches sized for its own text, see [`Git::decoder`]).
+    pub fn image_prefix(&self, visual: &Tensor) -> Result<ImagePrefix> {
         let (n, dh) = (
             visual.dim(1),
             self.cfg.hidden_size / self.cfg.num_attention_heads,
@@ -190,8 +190,7 @@ impl Git {
         let mut caches = Vec::with_capacity(self.layers.len());
         let mut x = visual.clone();
         for layer in &self.layers {
-            let mut cache =
-                KvCache::new(1, self.cfg.num_attention_heads, n + max_text, dh, &device)?;
+            let mut cache = KvCache::new(1, self.cfg.num_attention_heads, n, dh, &device)?;
             x = layer.forward(&x, &mut cache, false)?;
             caches.push(cache);
         }
@@ -201,12 +200,13 @@ impl Git {
         })
     }
 
-    /// A decoder state for generating after `prefix` (copied: the prefix can serve again).
-    pub fn decoder<'a>(&'a self, prefix: &ImagePrefix) -> Result<GitDecoder<'a>> {
+    /// A decoder state for generating up to `text` tokens (prompt and answer) after `prefix`
+    /// (copied: the prefix can serve again).
+    pub fn decoder<'a>(&'a self, prefix: &ImagePrefix, text: usize) -> Result<GitDecoder<'a>> {
         let caches = prefix
             .caches
             .iter()
-            .map(|c| c.select_rows(&[0]))
+            .map(|c| c.extended(prefix.num_image_tokens + text))
             .collect::<Result<_>>()?;
         Ok(GitDecoder {
             model: self,

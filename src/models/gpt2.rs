@@ -205,11 +205,17 @@ impl Gpt2 {
         self.wte.device()
     }
 
-    pub fn new_caches(&self, batch: usize, device: &crate::Device) -> Result<Vec<KvCache>> {
+    /// Empty caches for `capacity` positions (they grow if a request needs more).
+    pub fn new_caches(
+        &self,
+        batch: usize,
+        capacity: usize,
+        device: &crate::Device,
+    ) -> Result<Vec<KvCache>> {
         let dh = self.cfg.n_embd / self.cfg.n_head;
         self.blocks
             .iter()
-            .map(|_| KvCache::new(batch, self.cfg.n_head, self.cfg.n_positions, dh, device))
+            .map(|_| KvCache::new(batch, self.cfg.n_head, capacity, dh, device))
             .collect()
     }
 

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::generate::Decoder;
 use crate::io::config::config_from_value;
 use crate::io::Vb;
-use crate::nn::{CrossKv, CrossView, KvCache, Linear};
+use crate::nn::{CrossKv, KvCache, Linear};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,12 +91,13 @@ impl VisionEncoderDecoder {
         self.decoder.cfg.n_positions
     }
 
-    pub fn decoder<'a>(&'a self, image: &'a EncodedImage) -> Result<VedDecoder<'a>> {
+    /// A decoder state for up to `text` tokens (prompt and caption).
+    pub fn decoder<'a>(&'a self, image: &'a EncodedImage, text: usize) -> Result<VedDecoder<'a>> {
         let device = self.decoder_device();
         Ok(VedDecoder {
             model: self,
-            caches: self.decoder.new_caches(1, &device)?,
-            cross: CrossView::new(&image.cross),
+            caches: self.decoder.new_caches(1, text, &device)?,
+            cross: &image.cross,
             pos: 0,
         })
     }
@@ -106,23 +107,21 @@ impl VisionEncoderDecoder {
     }
 }
 
-/// Generation state: self-attention caches, and the cross keys/values (per beam once reordered).
+/// Generation state: self-attention caches, and the image's cross keys/values (shared by beams).
 pub struct VedDecoder<'a> {
     model: &'a VisionEncoderDecoder,
     caches: Vec<KvCache>,
-    cross: CrossView<'a>,
+    cross: &'a [CrossKv],
     pos: usize,
 }
 
 impl VedDecoder<'_> {
     /// Logits `[B, T, V]` of every new position.
     pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let logits = self.model.decoder.forward(
-            ids,
-            self.pos,
-            &mut self.caches,
-            Some(self.cross.layers()),
-        )?;
+        let logits =
+            self.model
+                .decoder
+                .forward(ids, self.pos, &mut self.caches, Some(self.cross))?;
         self.pos += ids.first().map_or(0, |r| r.len());
         Ok(logits)
     }
@@ -134,7 +133,6 @@ impl Decoder for VedDecoder<'_> {
     }
 
     fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        crate::nn::reorder_caches(&mut self.caches, rows)?;
-        self.cross.fit_batch(rows.len())
+        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

@@ -71,7 +71,9 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Keys and values of one attention layer with room for `capacity` positions:
-/// `[B, H, capacity, D]` each, of which the first `len` are filled.
+/// `[B, H, capacity, D]` each, of which the first `len` are filled. The capacity is what a
+/// request needs (prompt + new tokens), not the model's maximum; an append past it grows the
+/// cache. Copies (a prefix reused, beams reordered) move only the rows in use.
 pub struct KvCache {
     pub k: Tensor,
     pub v: Tensor,
@@ -86,10 +88,11 @@ impl KvCache {
         head_dim: usize,
         device: &crate::Device,
     ) -> Result<KvCache> {
-        let shape = [b, heads, capacity, head_dim];
+        let shape = [b, heads, capacity.max(1), head_dim];
         Ok(KvCache {
-            k: Tensor::zeros(&shape, device)?,
-            v: Tensor::zeros(&shape, device)?,
+            // rows past `len` are never read: no need to clear them
+            k: Tensor::empty(&shape, device)?,
+            v: Tensor::empty(&shape, device)?,
             len: 0,
         })
     }
@@ -98,15 +101,27 @@ impl KvCache {
         self.k.dim(2)
     }
 
-    /// Appends `k`, `v` `[B, H, T, D]` in place.
+    /// A cache of `capacity` positions starting with this one's rows (a prefix computed once,
+    /// e.g. GIT's image tokens, copied for a request).
+    pub fn extended(&self, capacity: usize) -> Result<KvCache> {
+        let (b, h, d) = (self.k.dim(0), self.k.dim(1), self.k.dim(3));
+        let mut c = KvCache::new(b, h, capacity.max(self.len), d, &self.k.device())?;
+        if self.len > 0 {
+            c.append(
+                &self.k.narrow(2, 0, self.len)?,
+                &self.v.narrow(2, 0, self.len)?,
+            )?;
+        }
+        Ok(c)
+    }
+
+    /// Appends `k`, `v` `[B, H, T, D]` in place, growing the cache when it is full.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dim(2);
         if self.len + t > self.capacity() {
-            return Err(crate::Error::Invalid(format!(
-                "the sequence outgrows its KV cache ({} + {t} > {} positions): ask for fewer new tokens or a shorter prompt",
-                self.len,
-                self.capacity()
-            )));
+            // grow geometrically, copying only the rows in use
+            let grown = self.extended((self.len + t).max(2 * self.capacity()))?;
+            *self = grown;
         }
         self.k.write_slice(k, 2, self.len)?;
         self.v.write_slice(v, 2, self.len)?;
@@ -114,13 +129,23 @@ impl KvCache {
         Ok(())
     }
 
-    /// A cache holding rows `rows` of this one's batch (beam search reorders its beams).
+    /// A cache holding rows `rows` of this one's batch (beam search reorders its beams); only
+    /// the positions in use are copied.
     pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache> {
-        Ok(KvCache {
-            k: select_rows(&self.k, rows)?,
-            v: select_rows(&self.v, rows)?,
-            len: self.len,
-        })
+        let (h, d) = (self.k.dim(1), self.k.dim(3));
+        let mut c = KvCache::new(rows.len(), h, self.capacity(), d, &self.k.device())?;
+        if self.len > 0 {
+            let pick = |t: &Tensor| -> Result<Tensor> {
+                // [1, H, len, D] per row, joined: [rows, H, len, D]
+                let parts = rows
+                    .iter()
+                    .map(|&r| t.narrow(0, r, 1)?.narrow(2, 0, self.len))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+            };
+            c.append(&pick(&self.k)?, &pick(&self.v)?)?;
+        }
+        Ok(c)
     }
 }
 
@@ -201,56 +226,10 @@ pub fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
     Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
 }
 
-/// One layer's cross-attention keys and values over encoder states `[B, H, Ne, Dh]`.
+/// One layer's cross-attention keys and values over encoder states `[1, H, Ne, Dh]`. Every beam
+/// attends to the same image or question: attention broadcasts them over the query batch, so
+/// they are never repeated per beam.
 pub struct CrossKv {
     pub k: Tensor,
     pub v: Tensor,
-}
-
-impl CrossKv {
-    pub fn batch(&self) -> usize {
-        self.k.dim(0)
-    }
-
-    /// Row 0 repeated `n` times (every beam attends to the same image or question).
-    fn repeat(&self, n: usize) -> Result<CrossKv> {
-        let rows = vec![0; n];
-        Ok(CrossKv {
-            k: select_rows(&self.k, &rows)?,
-            v: select_rows(&self.v, &rows)?,
-        })
-    }
-}
-
-/// The per-layer cross-attention entries a decoder reads: the encoded input's own (batch 1)
-/// until beam search widens the batch, then a copy with one row per beam.
-pub struct CrossView<'a> {
-    base: &'a [CrossKv],
-    repeated: Option<Vec<CrossKv>>,
-}
-
-impl<'a> CrossView<'a> {
-    pub fn new(base: &'a [CrossKv]) -> CrossView<'a> {
-        CrossView {
-            base,
-            repeated: None,
-        }
-    }
-
-    pub fn layers(&self) -> &[CrossKv] {
-        self.repeated.as_deref().unwrap_or(self.base)
-    }
-
-    /// Makes the entries `n` rows wide (the rows are identical, so a reorder needs no more).
-    pub fn fit_batch(&mut self, n: usize) -> Result<()> {
-        if self.layers().first().map_or(n, CrossKv::batch) != n {
-            self.repeated = Some(
-                self.base
-                    .iter()
-                    .map(|kv| kv.repeat(n))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        Ok(())
-    }
 }

@@ -354,6 +354,18 @@ impl Tensor {
         Tensor::from_storage(shape.to_vec(), dtype, Storage::Meta)
     }
 
+    /// An f32 tensor whose values are not set (a pooled GPU buffer's old contents): for outputs
+    /// that are written before they are read, e.g. a KV cache's spare rows.
+    pub fn empty(shape: &[usize], device: &Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Tensor::zeros(shape, device),
+            Device::Gpu(ctx) => {
+                let buf = ctx.alloc("empty", DType::F32.gpu_bytes(numel(shape)))?;
+                Ok(Self::gpu(ctx, buf, shape, DType::F32))
+            }
+        }
+    }
+
     /// An f32 tensor of zeros.
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Tensor> {
         match device {

@@ -316,7 +316,8 @@ impl Tensor {
                 ),
             ));
         };
-        if v.shape() != k.shape() || bk != b || dk != d || hkv == 0 || h % hkv != 0 {
+        // k and v of batch 1 serve every query row (cross-attention shared by beams)
+        if v.shape() != k.shape() || (bk != b && bk != 1) || dk != d || hkv == 0 || h % hkv != 0 {
             return Err(Error::shape(
                 op,
                 format!(

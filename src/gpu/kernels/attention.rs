@@ -27,7 +27,8 @@ struct Params {
     mask_b_stride: u32,
     mask_cols: u32,
     scale: f32,
-    _pad: u32,
+    /// 1: k and v have batch 1 and serve every query batch row
+    kv_shared: u32,
 }
 
 pub(crate) fn attention(
@@ -75,7 +76,7 @@ pub(crate) fn attention(
         mask_b_stride: u32_of(op, "mask stride", mask_b_stride)?,
         mask_cols: u32_of(op, "mask cols", mask_cols)?,
         scale: opts.scale,
-        _pad: 0,
+        kv_shared: (k.shape()[0] == 1 && b > 1) as u32,
     };
     let workload = Workload {
         workgroup_size: [WG, 1],

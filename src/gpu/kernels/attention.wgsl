@@ -3,7 +3,7 @@
 // max m, running sum l, rescaled accumulator), so no Tq×Tk score matrix is ever stored; the same
 // kernel serves prefill (many queries) and the decode step (one query against the KV cache).
 //
-// q, out: [B, H, Tq, D]; k, v: [B, Hkv, cap, D] of which the first kv_len rows are valid;
+// q, out: [B, H, Tq, D]; k, v: [B or 1, Hkv, cap, D] of which the first kv_len rows are valid;
 // head h reads kv head h / (H / Hkv) (grouped-query attention). D ≤ 4·WG_X.
 
 struct Params {
@@ -18,7 +18,7 @@ struct Params {
     mask_b_stride: u32,   // elements; 0 when the mask is shared by the batch
     mask_cols: u32,       // row length of the mask (≥ kv_len)
     scale: f32,
-    _pad: u32,
+    kv_shared: u32,       // 1: k, v have batch 1, shared by every batch row of q
 }
 
 override WG_X: u32 = 64u;
@@ -67,7 +67,8 @@ fn attention(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
     let d = p.head_dim;
     let hk = h / (p.heads / p.kv_heads);
     let q_off = ((b * p.heads + h) * p.tq + i) * d;
-    let kv_off = (b * p.kv_heads + hk) * p.cap * d;
+    let kv_b = select(b, 0u, p.kv_shared == 1u);
+    let kv_off = (kv_b * p.kv_heads + hk) * p.cap * d;
     let mask_off = b * p.mask_b_stride + i * p.mask_cols;
 
     for (var j = t; j < d; j += WG_X) {
