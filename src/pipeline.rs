@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::image::{decode, ImageProcessorConfig};
 use crate::io::config::{architecture, parse, parse_config, GenerationConfig};
+#[cfg(not(target_arch = "wasm32"))]
 use crate::io::files::{pick_weights, WeightSet, META_FILES};
 use crate::io::gguf;
 use crate::io::stream::{LoadOptions, LoadStats, Loader, ModelSource, WeightFile};

@@ -8,8 +8,9 @@
 //   (the encoded image is reused across its questions); CLIP models score labels instead.
 // - Device: what the worker chose (WebGPU after its kernel self-test, else the CPU and why).
 //
-// URL parameters: ?device=cpu|webgpu|auto, ?model=<catalog id>, ?scene=N (the first sample
-// scene; default 9000000, the first held-out scene of the model's evaluation).
+// URL parameters: ?device=cpu|webgpu|auto, ?model=<catalog id>, ?dtype=f32|q8_0|q4_0 (the
+// first load's weights), ?catalog=<catalog.json URL>, ?scene=N (the first sample scene; default
+// 9000000, the first held-out scene of the model's evaluation).
 
 import * as glimpse from './glimpse.js';
 import { formatBytes, messageOf } from './engine.js';
@@ -17,6 +18,7 @@ import { formatBytes, messageOf } from './engine.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const device = params.get('device') ?? 'auto';
+const catalogUrl = new URL(params.get('catalog') ?? glimpse.CATALOG_URL, location.href).href;
 const MAX_RECENT = 8;
 
 const state = {
@@ -154,7 +156,7 @@ function progressRow(file) {
   return li;
 }
 
-function onProgress({ file, loaded, total, cached }) {
+function onProgress({ file, loaded, total, cached, stored }) {
   const li = progressRow(file);
   const bar = li.querySelector('progress');
   if (total) {
@@ -163,8 +165,8 @@ function onProgress({ file, loaded, total, cached }) {
   } else {
     bar.removeAttribute('value'); // indeterminate
   }
-  li.querySelector('.size').textContent = cached
-    ? `${formatBytes(loaded)} (from this browser's cache)`
+  li.querySelector('.size').textContent = cached || stored
+    ? `${formatBytes(loaded)} (kept in this browser)`
     : total ? `${formatBytes(loaded)} of ${formatBytes(total)}` : formatBytes(loaded);
   li.dataset.done = String(total !== null && loaded === total);
 }
@@ -174,13 +176,13 @@ function catalogEntry(id) {
 }
 
 function entrySize(m) {
-  const bytes = m.files?.filter((f) => !f.name.endsWith('.gguf')).reduce((n, f) => n + (f.bytes ?? 0), 0);
-  if (bytes) return formatBytes(bytes);
+  const files = m.files?.filter((f) => !f.name.endsWith('.gguf')) ?? [];
+  if (files.length && files.every((f) => f.bytes)) return formatBytes(files.reduce((n, f) => n + f.bytes, 0));
   return m.approx_mb ? `≈${m.approx_mb} MB` : 'size unknown';
 }
 
 async function fillCatalog() {
-  const res = await fetch(glimpse.CATALOG_URL);
+  const res = await fetch(catalogUrl);
   if (!res.ok) throw new Error(`models/catalog.json: HTTP ${res.status}`);
   state.catalog = await res.json();
   const select = $('model-select');
@@ -200,7 +202,7 @@ function describeEntry() {
   if (!m) return;
   const remote = m.files.some((f) => /^https?:/.test(f.url));
   $('model-about').textContent = `${m.architecture}; license ${m.license}.`
-    + (remote ? ` Downloads from ${new URL(m.files[0].url).host} (the only request that leaves this page), then stays in this browser's cache.` : ' Served with this page.')
+    + (remote ? ` Downloads from ${new URL(m.files[0].url).host} (the only request that leaves this page) once; it is kept in this browser in the weights you choose.` : ' Served with this page.')
     + (m.note ? ` ${m.note}.` : '');
 }
 
@@ -215,16 +217,26 @@ async function loadModel(what, label, dtype = 'f32') {
   setBusyControls(true);
   try {
     const t0 = performance.now();
-    const m = await glimpse.load(what, { device, dtype, onProgress });
+    const m = await glimpse.load(what, { device, dtype, onProgress, catalog: catalogUrl });
     const old = state.model;
     state.model = m;
     state.modelLabel = label;
     if (old) old.dispose().catch(() => {});
     $('model-name').textContent = label;
     status.dataset.state = 'ready';
-    status.textContent = `ready: ${m.architecture}, ${formatBytes(m.bytes)} of weights, run as ${dtype}; loaded in ${ms(performance.now() - t0)} `
-      + `(download ${ms(m.loadTimings.downloadMs)}, build ${ms(m.loadTimings.loadMs)}) ${where()}`;
+    status.dataset.from = m.from;
+    status.dataset.downloadedBytes = String(m.downloadedBytes);
+    status.dataset.storedBytes = String(m.storedBytes);
+    const source = m.from === 'store' ? `read ${formatBytes(m.storedBytes)} kept in this browser`
+      : m.from === 'network' ? `downloaded ${formatBytes(m.downloadedBytes)}${m.storedBytes ? `, stored ${formatBytes(m.storedBytes)}` : ''}`
+        : `read ${formatBytes(m.bytes)} from your files`;
+    status.textContent = `ready: ${m.architecture}, ${(m.params / 1e6).toFixed(1)} M parameters as ${dtype}; ${source}; `
+      + `loaded in ${ms(performance.now() - t0)} ${where()}`;
+    const mem = $('model-memory');
+    mem.dataset.peakWasm = String(m.peakWasmBytes);
+    mem.textContent = `wasm memory at its peak during the load: ${formatBytes(m.peakWasmBytes)} (before: ${formatBytes(m.wasmBytesBefore ?? 0)})`;
     if (m.warnings.length) show($('model-warning'), m.warnings.join(' '));
+    refreshStored().catch(() => {});
     applyTask();
     for (const img of state.images) { // a new model sees the images afresh
       img.caption = undefined;
@@ -550,6 +562,34 @@ async function snapPhoto() {
   await addImage(blob, { alt: `camera photo ${new Date().toLocaleTimeString()}`, expected: '' });
 }
 
+// ---------------------------------------------------------------- stored models
+
+async function refreshStored() {
+  const list = await glimpse.storedModels();
+  const ul = $('stored-list');
+  ul.replaceChildren();
+  $('stored-summary').textContent = list.length
+    ? `${list.length}, ${formatBytes(list.reduce((n, e) => n + e.bytes, 0))}` : 'none';
+  for (const e of list) {
+    const li = document.createElement('li');
+    li.dataset.key = e.key;
+    const text = document.createElement('span');
+    text.textContent = `${e.name} — ${e.dtype}: stored ${formatBytes(e.bytes)}`
+      + (e.downloadedBytes ? ` (downloaded ${formatBytes(e.downloadedBytes)})` : '');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = 'Forget';
+    b.setAttribute('aria-label', `forget ${e.name} (${e.dtype})`);
+    b.addEventListener('click', async () => {
+      b.disabled = true;
+      await glimpse.forgetModel(e.key).catch(showError);
+      await refreshStored();
+    });
+    li.append(text, ' ', b);
+    ul.append(li);
+  }
+}
+
 // ---------------------------------------------------------------- offline
 
 async function offlineStatus() {
@@ -573,20 +613,24 @@ async function offlineStatus() {
     await navigator.serviceWorker.register('sw.js');
     const reg = await navigator.serviceWorker.ready;
     reg.active?.postMessage({ type: 'glimpse-status' });
-    // the default model is stored whole or not at all: check that every file is there
-    const entry = state.catalog ? catalogEntry(state.catalog.default) : null;
-    const missing = [];
-    for (const f of entry?.files ?? []) {
-      if (!(await caches.match(new URL(f.url, glimpse.CATALOG_URL).href))) missing.push(f.name);
-    }
+    // the app shell comes from the service worker's cache; the model from the worker's store
+    await state.modelLoaded;
     if (swError) return;
-    if (missing.length) {
-      root.dataset.offline = `partial: ${missing.join(', ')} not stored`;
-      el.textContent = `Offline use: not ready (${missing.join(', ')} not stored yet).`;
+    if (state.model?.from === 'files') {
+      root.dataset.offline = 'ready';
+      el.textContent = 'Offline use: ready — this page and the engine are stored in this browser; the model came from your files.';
+      return;
+    }
+    const kept = (await glimpse.storedModels()).find((e) => e.key === state.model?.storeKey);
+    if (!kept) {
+      const why = state.model?.warnings?.join(' ') || 'the model in use is not kept in this browser';
+      root.dataset.offline = `unavailable: ${why}`;
+      el.textContent = `Offline use: not available — ${why}`;
+      el.classList.add('warn-box');
       return;
     }
     root.dataset.offline = 'ready';
-    el.textContent = 'Offline use: ready — this page, the engine and the default model are stored in this browser.';
+    el.textContent = `Offline use: ready — this page, the engine and the model (${formatBytes(kept.bytes)}) are stored in this browser.`;
   } catch (e) {
     root.dataset.offline = `unavailable: ${messageOf(e)}`;
     el.textContent = `Offline use: not available — ${messageOf(e)}`;
@@ -676,14 +720,20 @@ async function main() {
   }
   showBackend(backend);
   await catalogReady;
+  let loaded;
+  state.modelLoaded = new Promise((r) => { loaded = r; });
   offlineStatus();
   const id = params.get('model') ?? state.catalog?.default ?? glimpse.DEFAULT_MODEL;
+  const dtype = params.get('dtype') ?? 'f32';
+  $('model-dtype').value = dtype;
   const firstScene = showScene(Number(params.get('scene') ?? 9000000));
   try {
-    await loadModel(id, `${catalogEntry(id)?.name ?? id} (f32)`);
+    await loadModel(id, `${catalogEntry(id)?.name ?? id} (${dtype})`, dtype);
   } catch (e) {
     $('caption-text').dataset.state = 'error';
     show($('caption-error'), `The model could not be loaded: ${messageOf(e)}`);
+  } finally {
+    loaded();
   }
   await firstScene.catch(showError);
 }

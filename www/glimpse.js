@@ -116,14 +116,32 @@ function source(model, opts) {
 /**
  * Loads a model in the worker. Options: device ('auto' | 'webgpu' | 'cpu'; auto = WebGPU after a
  * kernel self-test, else CPU), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
- * total, cached}), catalog (URL of a catalog.json). The model's `warnings` say what could not be
- * stored for offline use (e.g. a full storage quota).
+ * total, stored}), catalog (URL of a catalog.json), store (default true: keep a catalog or URL
+ * model in this browser as one GGUF file in the dtype asked, so the next load reads it with no
+ * download, also offline). The weights stream straight to the device as they arrive; the model
+ * says where it came from (`from`: 'network' | 'store' | 'files'), `downloadedBytes`,
+ * `storedBytes`, and `peakWasmBytes` (the wasm memory the load reached). Its `warnings` say what
+ * could not be stored (e.g. a full storage quota).
  */
 export async function load(model = DEFAULT_MODEL, opts = {}) {
   const client = worker();
   const backend = await client.init(opts.device ?? 'auto');
-  const info = await client.request('load', { source: source(model, opts), dtype: opts.dtype ?? 'f32' }, { onProgress: opts.onProgress });
+  const info = await client.request('load', {
+    source: source(model, opts),
+    dtype: opts.dtype ?? 'f32',
+    store: opts.store ?? true,
+  }, { onProgress: opts.onProgress });
   return new Model(client, info, backend);
+}
+
+/** The models kept in this browser: [{key, name, dtype, bytes, downloadedBytes, storedAt}]. */
+export function storedModels() {
+  return worker().request('stored');
+}
+
+/** Removes a kept model (by its `key` from storedModels() or a model's `storeKey`). */
+export function forgetModel(key) {
+  return worker().request('forget', { key });
 }
 
 /** A loaded model. Images are encoded once and reused across captions and questions. */
@@ -134,6 +152,12 @@ export class Model {
     this.architecture = info.architecture;
     this.task = info.task;
     this.bytes = info.bytes;
+    this.params = info.params;
+    this.from = info.from;
+    this.storeKey = info.storeKey;
+    this.downloadedBytes = info.downloadedBytes;
+    this.storedBytes = info.storedBytes;
+    this.peakWasmBytes = info.peakWasmBytes;
     this.loadTimings = info.timings;
     this.warnings = info.warnings ?? [];
     this.backend = backend;

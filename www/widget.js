@@ -46,7 +46,14 @@ async function describe(img, host = img) {
   try {
     const model = await modelFor(host);
     const max = Number(host.dataset.glimpseMaxTokens) || undefined;
-    const out = await model.caption(await bytesOf(img), max ? { maxNewTokens: max } : {});
+    const bytes = await bytesOf(img);
+    let out;
+    try {
+      out = await model.caption(bytes, max ? { maxNewTokens: max } : {});
+    } finally {
+      // the encoded image is not needed after its caption: the worker releases it now
+      model.forget(bytes).catch(() => {});
+    }
     if (!hasAlt(img)) img.alt = out.text;
     if (host !== img || img.dataset.glimpse === 'caption') showCaption(img, host, out.text);
     host.dataset.glimpseState = 'done';

@@ -8,10 +8,15 @@
 // the worker goes on serving. Events not tied to a request ({event: 'backend', backend}) tell
 // the page that the device changed (after a WebGPU device loss).
 //
-// Model files fetched from a URL are kept in the Cache API (the same cache the service worker
-// fills), once every file arrived whole, matched the catalog's byte count and sha256, and the
-// model loaded; all of a model's files are stored or none. A storage error (quota) does not fail
-// the load: it comes back as a warning.
+// Loading streams: the model's small files are fetched and checked first (config, image
+// processor, tokenizer, generation config: a broken one fails before any weight is requested),
+// then the weights are read as a stream (a fetch body, or File.stream() for picked files; for a
+// pytorch_model.bin its zip directory and state dict are read first with Range requests or
+// File.slice) and pushed into the wasm loader, which sends every tensor to the GPU or the CPU as
+// its bytes arrive. The wasm heap never holds the checkpoint; the load reports the wasm memory it
+// peaked at. A model from a catalog entry or a URL is written on the way to a GGUF file in the
+// Origin Private File System (store.js): the next load of it reads that file, quantized once, with
+// no download, also offline. Storage errors (a full quota) come back as warnings, never failures.
 //
 // WebGPU device loss: before each request and after each failed one the worker asks the engine
 // whether its device was lost. If so it opens a new device (or falls back to the CPU), reloads
@@ -20,14 +25,16 @@
 
 import init, * as wasm from '../pkg/glimpse.js';
 import { describeAdapter, messageOf } from './engine.js';
+import * as store from './store.js';
 
 let engine = null; // wasm Engine
 let backend = null; // {device, reason, adapter, selfcheck}
 let requestedDevice = 'auto';
 const models = new Map(); // handle -> {model, info, source, dtype, images: Map<handle, {bytes, inner}>}
+/** Prepared images kept per model; the least recently used one is released past this. */
+const MAX_IMAGES = 8;
 let nextModel = 1;
 let nextImage = 1;
-const MODEL_CACHE = 'models-glimpse-v1'; // = sw.js MODELS
 const cancelled = new Set();
 let queue = Promise.resolve();
 
@@ -90,8 +97,7 @@ async function recover(reason) {
     try { rec.model?.free?.(); } catch { /* belonged to the lost device */ }
     rec.model = null;
     try {
-      const files = await fetchModel(rec.source, null);
-      rec.model = files.gguf ? engine.loadGguf(files.gguf, rec.dtype) : engine.loadModel(files, rec.dtype);
+      rec.model = (await loadModel(rec.source, rec.dtype, null, rec.store)).model;
       for (const img of rec.images.values()) img.inner = rec.model.prepareImage(img.bytes);
       rec.broken = null;
     } catch (e) {
@@ -140,11 +146,6 @@ async function openEngine(device) {
   return { device: 'webgpu', reason: null, adapter, selfcheck, limits: engine.info() };
 }
 
-async function sha256(bytes) {
-  const d = await crypto.subtle.digest('SHA-256', bytes);
-  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, '0')).join('');
-}
-
 const warnings = new Map(); // request id -> [warning]
 const warn = (id, text) => {
   if (id === null) return;
@@ -152,104 +153,57 @@ const warn = (id, text) => {
   warnings.get(id).push(text);
 };
 
-/**
- * Fetches a URL into bytes, reporting {file, loaded, total, cached} as it arrives. `expect`
- * ({bytes, sha256}, from the catalog) is checked before the bytes are used or cached. A file in
- * the model cache is used without a download.
- */
-async function download(url, file, id, expect = {}) {
-  const report = (p) => id !== null && post({ id, progress: { file, ...p } });
-  const href = String(url);
-  const cacheable = /^https?:/.test(href) && typeof caches !== 'undefined';
-  let cache = null;
-  if (cacheable) {
-    try {
-      cache = await caches.open(MODEL_CACHE);
-      const hit = await cache.match(href);
-      if (hit) {
-        const b = new Uint8Array(await hit.arrayBuffer());
-        if (!(await mismatch(b, expect))) {
-          report({ loaded: b.length, total: b.length, cached: true });
-          return b;
-        }
-        await cache.delete(href); // a stale or damaged copy is never used
-      }
-    } catch (e) {
-      warn(id, `${file}: the model cache cannot be read (${messageOf(e)})`);
-      cache = null;
-    }
-  }
-  const res = await fetch(href);
-  if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${href}`);
-  const total = Number(res.headers.get('content-length')) || expect.bytes || null;
-  let out;
-  if (!res.body) {
-    out = new Uint8Array(await res.arrayBuffer());
-    report({ loaded: out.length, total: out.length });
-  } else {
-    const reader = res.body.getReader();
-    const chunks = [];
-    let loaded = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      loaded += value.length;
-      report({ loaded, total });
-    }
-    if (total !== null && loaded !== total) throw new Error(`${file}: the download stopped at ${loaded} of ${total} bytes`);
-    out = new Uint8Array(loaded);
-    let at = 0;
-    for (const c of chunks) {
-      out.set(c, at);
-      at += c.length;
-    }
-  }
-  const why = await mismatch(out, expect);
-  if (why) throw new Error(`${file}: ${why}; it was not used`);
-  if (cache && id !== null) {
-    if (!toStore.has(id)) toStore.set(id, []);
-    toStore.get(id).push({ href, file, bytes: out, type: res.headers.get('content-type') ?? 'application/octet-stream' });
-  }
-  return out;
-}
-
-const toStore = new Map(); // request id -> downloaded files to cache once the model loaded
+const SMALL = ['config.json', 'generation_config.json', 'preprocessor_config.json', 'tokenizer.json',
+  'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.txt', 'vocab.json', 'merges.txt'];
+const isWeights = (n) => /\.(safetensors|bin|gguf)$/.test(n);
 
 /**
- * Caches the files a load downloaded, all or none: if one cannot be stored (a full quota), the
- * ones already stored are removed again, and the load returns a warning instead of failing.
+ * What a source is made of: {key, fingerprint, small: [{name, get}], weights: [{name, size,
+ * sha256, stream, range}], shardIndex}. `key` and `fingerprint` identify a stored copy (null:
+ * never stored, e.g. picked files). Nothing big is fetched here.
  */
-async function storeDownloads(id) {
-  const files = toStore.get(id) ?? [];
-  toStore.delete(id);
-  if (!files.length) return;
-  const cache = await caches.open(MODEL_CACHE);
-  const done = [];
-  try {
-    for (const f of files) {
-      await cache.put(f.href, new Response(f.bytes, { headers: { 'content-type': f.type } }));
-      done.push(f.href);
-    }
-  } catch (e) {
-    for (const href of done) await cache.delete(href).catch(() => {});
-    const quota = e?.name === 'QuotaExceededError' || /quota/i.test(messageOf(e));
-    warn(id, `The model was not stored for offline use: ${quota ? 'the browser\'s storage quota for this site is full' : messageOf(e)}. It works now, and will be downloaded again next time.`);
+async function describe(source, dtype, id) {
+  const report = (p) => id !== null && post({ id, progress: p });
+  // a catalog lists only files its repo has: each must arrive
+  const remote = (href, name, expect = {}) => ({
+    name,
+    size: expect.bytes ?? null,
+    sha256: expect.sha256 ?? null,
+    get: () => store.fetchBytes(href, name, { expect, onProgress: report }),
+    stream: () => store.openStream(href, name, expect),
+    range: (start, end) => store.fetchRange(href, name, start, end),
+  });
+  if (source.files) {
+    const files = Array.from(source.files);
+    const local = (f) => ({
+      name: f.name,
+      size: f.size,
+      sha256: null,
+      get: async () => {
+        const b = new Uint8Array(await f.arrayBuffer());
+        report({ file: f.name, loaded: b.length, total: b.length });
+        return b;
+      },
+      stream: async () => ({ reader: f.stream().getReader(), size: f.size }),
+      range: async (start, end) => {
+        const s = start < 0 ? Math.max(0, f.size + start) : start;
+        const e = end === null ? f.size : end;
+        return { bytes: new Uint8Array(await f.slice(s, e).arrayBuffer()), offset: s, size: f.size };
+      },
+    });
+    const weights = pickWeights(files.map((f) => f.name));
+    const byName = new Map(files.map((f) => [f.name, f]));
+    const index = weights.index ? await local(byName.get(weights.index)).get() : null;
+    const names = index ? shardsOf(index) : weights.files;
+    const missing = names.filter((n) => !byName.has(n));
+    if (missing.length) throw new Error(`the chosen files lack ${missing.join(', ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
+    return {
+      key: null,
+      small: files.filter((f) => SMALL.includes(f.name)).map(local),
+      weights: names.map((n) => local(byName.get(n))),
+      shardIndex: index,
+    };
   }
-}
-
-/** Why `bytes` are not the file the catalog describes (`expect` = {bytes, sha256}), or null. */
-async function mismatch(bytes, expect) {
-  if (expect.bytes !== undefined && bytes.length !== expect.bytes) return `${bytes.length} bytes arrived, the catalog says ${expect.bytes}`;
-  if (expect.sha256 && (await sha256(bytes)) !== expect.sha256) return 'its sha256 differs from the catalog\'s';
-  return null;
-}
-
-const utf8 = (b) => new TextDecoder().decode(b);
-
-/** The files of a model: {gguf} or {config, generationConfig, preprocessorConfig, tokenizer, weights}. */
-async function fetchModel(source, id) {
-  if (source.files) return readLocalFiles(source.files);
   if (source.catalog) {
     const catalogUrl = new URL(source.catalogUrl, self.location.href);
     const res = await fetch(catalogUrl);
@@ -258,60 +212,221 @@ async function fetchModel(source, id) {
     const entry = catalog.models.find((m) => m.id === source.catalog);
     if (!entry) throw new Error(`the catalog has no model ${source.catalog} (it has ${catalog.models.map((m) => m.id).join(', ')})`);
     const files = entry.files.map((f) => ({ ...f, href: new URL(f.url, catalogUrl).href }));
-    const pick = (n) => files.find((f) => f.name === n);
-    if (source.preferGguf && files.some((f) => f.name.endsWith('.gguf'))) {
-      const g = files.find((f) => f.name.endsWith('.gguf'));
-      return { gguf: await download(g.href, g.name, id, g) };
-    }
-    const get = async (n, optional = false) => {
-      const f = pick(n);
-      if (!f) {
-        if (optional) return null;
-        throw new Error(`catalog entry ${entry.id} lists no ${n}`);
-      }
-      return download(f.href, n, id, f);
+    const gguf = source.preferGguf ? files.find((f) => f.name.endsWith('.gguf')) : null;
+    const wanted = gguf ? [gguf] : files.filter((f) => !f.name.endsWith('.gguf'));
+    const fingerprint = await store.sha256Hex(new TextEncoder().encode(JSON.stringify(wanted)));
+    return {
+      key: `catalog:${catalogUrl.href}#${entry.id}@${dtype}`,
+      name: entry.name ?? entry.id,
+      fingerprint,
+      small: wanted.filter((f) => SMALL.includes(f.name)).map((f) => remote(f.href, f.name, f)),
+      weights: wanted.filter((f) => isWeights(f.name)).map((f) => remote(f.href, f.name, f)),
+      shardIndex: null,
     };
-    return assemble(await get('config.json'), await get('generation_config.json', true),
-      await get('preprocessor_config.json'), await get('tokenizer.json'), [await get('model.safetensors')]);
   }
   const url = new URL(source.url, self.location.href);
-  if (url.pathname.endsWith('.gguf')) return { gguf: await download(url, url.pathname.split('/').pop(), id) };
+  const name = url.pathname.split('/').pop() || url.href;
+  if (url.pathname.endsWith('.gguf')) {
+    return { key: `url:${url.href}@${dtype}`, name, fingerprint: url.href, small: [], weights: [remote(url.href, name)], shardIndex: null, lazy: true };
+  }
   const base = url.href.endsWith('/') ? url.href : `${url.href}/`;
-  const got = {};
-  for (const n of ['config.json', 'preprocessor_config.json', 'tokenizer.json', 'model.safetensors']) {
-    got[n] = await download(new URL(n, base), n, id);
-  }
-  let generation = null;
-  try {
-    generation = await download(new URL('generation_config.json', base), 'generation_config.json', id);
-  } catch {
-    generation = null; // optional, as in transformers
-  }
-  return assemble(got['config.json'], generation, got['preprocessor_config.json'], got['tokenizer.json'], [got['model.safetensors']]);
+  return { key: `url:${base}@${dtype}`, name: base, fingerprint: base, base, lazy: true };
 }
 
-async function readLocalFiles(files) {
-  const byName = new Map(files.map((f) => [f.name, f]));
-  const gguf = files.find((f) => f.name.endsWith('.gguf'));
-  if (gguf) return { gguf: new Uint8Array(await gguf.arrayBuffer()) };
-  const need = (n) => {
-    const f = byName.get(n);
-    if (!f) throw new Error(`the chosen files lack ${n} (pick config.json, preprocessor_config.json, tokenizer.json and model.safetensors, or one .gguf)`);
-    return f.arrayBuffer().then((b) => new Uint8Array(b));
-  };
-  const gen = byName.get('generation_config.json');
-  return assemble(await need('config.json'), gen ? new Uint8Array(await gen.arrayBuffer()) : null,
-    await need('preprocessor_config.json'), await need('tokenizer.json'), [await need('model.safetensors')]);
+/** For a folder URL: which small files and weight files exist (404 = absent, anything else is an error). */
+async function probeFolder(d, id) {
+  const report = (p) => id !== null && post({ id, progress: p });
+  const at = (n) => new URL(n, d.base).href;
+  // only config.json and preprocessor_config.json must exist; for the others only a 404 means
+  // "absent" (any other failure is an error that says so)
+  const remote = (name) => ({
+    name,
+    size: null,
+    sha256: null,
+    get: () => store.fetchBytes(at(name), name, {
+      optional: name !== 'config.json' && name !== 'preprocessor_config.json',
+      onProgress: report,
+    }),
+    stream: () => store.openStream(at(name), name),
+    range: (start, end) => store.fetchRange(at(name), name, start, end),
+  });
+  d.small = SMALL.map(remote);
+  for (const w of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json']) {
+    if (await store.exists(at(w))) {
+      if (w.endsWith('.index.json')) {
+        d.shardIndex = await store.fetchBytes(at(w), w, { onProgress: report });
+        d.weights = shardsOf(d.shardIndex).map(remote);
+      } else {
+        d.weights = [remote(w)];
+      }
+      return d;
+    }
+  }
+  throw new Error(`${d.base} has no model.safetensors, pytorch_model.bin (or their sharded indexes)`);
 }
 
-function assemble(config, generation, preprocessor, tokenizer, weights) {
-  return {
-    config: utf8(config),
-    generationConfig: generation ? utf8(generation) : undefined,
-    preprocessorConfig: utf8(preprocessor),
-    tokenizer,
-    weights,
+/** Which of `names` are the weights (the same order of preference as glimpse's CLI). */
+function pickWeights(names) {
+  for (const w of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json']) {
+    if (names.includes(w)) return w.endsWith('.index.json') ? { index: w } : { files: [w] };
+  }
+  const ggufs = names.filter((n) => n.endsWith('.gguf'));
+  if (ggufs.length === 1) return { files: ggufs };
+  throw new Error('the chosen files hold no weights: model.safetensors, pytorch_model.bin (or a sharded index with its shards), or one .gguf');
+}
+
+function shardsOf(indexBytes) {
+  const map = JSON.parse(new TextDecoder().decode(indexBytes)).weight_map ?? {};
+  return [...new Set(Object.values(map))].sort();
+}
+
+const memoryBytes = () => wasm.memoryBytes();
+
+/**
+ * Loads `source` as `dtype`: from the store when it holds it, else by streaming the files (and
+ * storing the GGUF on the way unless `keep` is false). Returns {model, info}.
+ */
+async function loadModel(source, dtype, id, keep = true) {
+  const t0 = performance.now();
+  const wasmBefore = memoryBytes();
+  let d = await describe(source, dtype, id);
+  const report = (p) => id !== null && post({ id, progress: p });
+  let downloaded = 0;
+  let from = source.files ? 'files' : 'network';
+  let stored = null;
+  if (d.key && keep) {
+    try {
+      stored = await store.open(d.key, d.fingerprint);
+    } catch (e) {
+      warn(id, `the model store cannot be read (${messageOf(e)})`);
+    }
+  }
+  let loader;
+  let writer = null;
+  if (stored) {
+    // the GGUF written at an earlier load: no download, no conversion
+    from = 'store';
+    loader = engine.beginLoad({ weights: [{ name: 'model.gguf', size: stored.file.size }], dtype });
+    await pump(loader, await stored.file.stream().getReader(), 'stored model (GGUF)', stored.file.size, report, null);
+    loader.endFile();
+  } else {
+    if (d.lazy && d.base) d = await probeFolder(d, id);
+    // 1. the small files, parsed and checked before any weight is requested
+    const files = {};
+    for (const f of d.small) {
+      const b = await f.get();
+      if (b) {
+        files[f.name] = b;
+        downloaded += b.length;
+      }
+    }
+    if (d.small.length && !files['config.json']) throw new Error('the model has no config.json');
+    const storeGguf = Boolean(d.key && keep);
+    loader = engine.beginLoad({
+      files,
+      weights: d.weights.map((w) => ({ name: w.name, size: w.size ?? undefined, sha256: w.sha256 ?? undefined })),
+      dtype,
+      storeGguf,
+      shardIndex: d.shardIndex ? new TextDecoder().decode(d.shardIndex) : undefined,
+    });
+    if (storeGguf) {
+      try {
+        writer = await store.Writer.create(d.key);
+      } catch (e) {
+        warn(id, `The model will not be stored for offline use: ${store.describeStorageError(e)}.`);
+      }
+    }
+    const write = () => {
+      if (!writer) return;
+      const ws = loader.takeWrites();
+      try {
+        for (const [at, bytes] of ws) writer.write(at, bytes);
+      } catch (e) {
+        warn(id, `The model was not stored for offline use: ${store.describeStorageError(e)}. It works now, and will be downloaded again next time.`);
+        const w = writer;
+        writer = null;
+        w.abort();
+      }
+    };
+    // 2. the weights, streamed
+    try {
+      for (const [i, w] of d.weights.entries()) {
+        if (w.name.endsWith('.bin')) await readTorchDirectory(loader, i, w);
+        const { reader, size } = await w.stream();
+        downloaded += await pump(loader, reader, w.name, size ?? w.size, report, write);
+        loader.endFile();
+        write();
+      }
+    } catch (e) {
+      await writer?.abort();
+      throw e;
+    }
+  }
+  const model = loader.finish();
+  const stats = model.stats();
+  let storedBytes = stored ? stored.file.size : 0;
+  if (writer) {
+    try {
+      const h = loader.ggufHeader();
+      await writer.commit(h.header, h.length, { name: d.name, dtype, fingerprint: d.fingerprint, downloadedBytes: downloaded, architecture: model.architecture });
+      storedBytes = h.length;
+    } catch (e) {
+      await writer.abort();
+      warn(id, `The model was not stored for offline use: ${store.describeStorageError(e)}. It works now, and will be downloaded again next time.`);
+    }
+  }
+  loader.free?.();
+  const ms = performance.now() - t0;
+  const info = {
+    architecture: model.architecture,
+    task: model.task,
+    from,
+    storeKey: d.key,
+    bytes: stats.bytes,
+    params: stats.params,
+    downloadedBytes: from === 'network' ? downloaded : 0,
+    storedBytes,
+    wasmBytesBefore: wasmBefore,
+    peakWasmBytes: memoryBytes(),
+    timings: { loadMs: ms },
   };
+  return { model, info };
+}
+
+/** Reads a pytorch_model.bin's zip directory (its last bytes) and its state dict first. */
+async function readTorchDirectory(loader, i, w) {
+  let tail = await w.range(-65536, null);
+  const size = tail.size ?? w.size;
+  if (!size) throw new Error(`${w.name}: the server did not say how long the file is`);
+  let at = loader.torchDirectory(i, tail.bytes, tail.offset, size);
+  if (at.needFrom !== undefined && at.needFrom !== null) {
+    tail = await w.range(at.needFrom, null);
+    at = loader.torchDirectory(i, tail.bytes, tail.offset, size);
+  }
+  if (at.pickleAt === undefined || at.pickleAt === null) throw new Error(`${w.name}: its zip directory cannot be read`);
+  const pkl = await w.range(at.pickleAt, Math.min(size, at.pickleAt + at.pickleMax));
+  loader.torchPickle(i, pkl.bytes);
+  w.size ??= size;
+}
+
+/** Pushes a stream into the loader; returns the bytes read. */
+async function pump(loader, reader, file, total, report, write) {
+  let loaded = 0;
+  let last = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    loader.push(value);
+    loaded += value.length;
+    write?.();
+    const now = performance.now();
+    if (now - last > 100 || loaded === total) {
+      last = now;
+      report({ file, loaded, total: total ?? null, stored: file.startsWith('stored') });
+    }
+  }
+  report({ file, loaded, total: total ?? loaded, stored: file.startsWith('stored') });
+  return loaded;
 }
 
 function record(h) {
@@ -325,7 +440,10 @@ function record(h) {
 function modelImage(h, image) {
   const rec = record(h);
   const img = rec.images.get(image);
-  if (!img) throw new Error(`no prepared image ${image} (it was released?)`);
+  if (!img) throw new Error(`no prepared image ${image} (it was released, or evicted after ${MAX_IMAGES} newer ones)`);
+  // most recently used goes last
+  rec.images.delete(image);
+  rec.images.set(image, img);
   return [rec.model, img.inner];
 }
 
@@ -355,29 +473,28 @@ const HANDLERS = {
     return backend;
   },
 
-  async load({ id, source, dtype = 'f32' }) {
+  async load({ id, source, dtype = 'f32', store: keep = true }) {
     if (!engine) throw new Error('the worker has no engine yet (init first)');
     try {
-      const t0 = performance.now();
-      const files = await fetchModel(source, id);
-      const t1 = performance.now();
-      const m = files.gguf ? engine.loadGguf(files.gguf, dtype) : engine.loadModel(files, dtype);
-      await storeDownloads(id); // only files that loaded are kept
+      const { model: m, info } = await loadModel(source, dtype, id, keep);
       const handle = nextModel++;
-      const info = {
-        handle,
-        architecture: m.architecture,
-        task: m.task,
-        bytes: files.gguf ? files.gguf.length : files.weights.reduce((n, w) => n + w.length, 0),
-        timings: { downloadMs: t1 - t0, loadMs: performance.now() - t1 },
-        warnings: warnings.get(id) ?? [],
-      };
-      models.set(handle, { model: m, info, source, dtype, images: new Map() });
+      info.handle = handle;
+      info.warnings = warnings.get(id) ?? [];
+      models.set(handle, { model: m, info, source, dtype, store: keep, images: new Map() });
       return info;
     } finally {
       warnings.delete(id);
-      toStore.delete(id);
     }
+  },
+
+  /** The models kept in this browser: [{key, name, dtype, bytes, downloadedBytes, storedAt}]. */
+  async stored() {
+    return store.list();
+  },
+
+  /** Removes a stored model (it stays loaded if it is). */
+  async forget({ key }) {
+    return store.forget(key);
   },
 
   async prepare({ model: h, bytes }) {
@@ -385,6 +502,12 @@ const HANDLERS = {
     const { handle: inner, preprocessMs, encodeMs } = rec.model.prepareImageTimed(bytes);
     const image = nextImage++;
     rec.images.set(image, { bytes, inner });
+    // least recently used first: past MAX_IMAGES the oldest is released
+    while (rec.images.size > MAX_IMAGES) {
+      const [oldest, img] = rec.images.entries().next().value;
+      rec.images.delete(oldest);
+      rec.model?.releaseImage(img.inner);
+    }
     return { image, preprocessMs, encodeMs };
   },
 

@@ -162,6 +162,9 @@ enum Command {
         /// folder that holds www/, pkg/ and models/
         #[arg(long, default_value = ".")]
         root: PathBuf,
+        /// print every request to stderr
+        #[arg(long)]
+        log: bool,
     },
 }
 
@@ -713,7 +716,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(ctx.summary())?);
             }
         }
-        Command::Serve { port, root } => serve::serve(&root, port)?,
+        Command::Serve { port, root, log } => serve::serve(&root, port, log)?,
     }
     Ok(())
 }

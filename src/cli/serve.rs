@@ -1,14 +1,20 @@
 //! A small static file server for the web app: GET/HEAD of files under the root, with the MIME
 //! types browsers insist on (application/wasm for streaming compilation, text/javascript for
 //! modules). Bound to 127.0.0.1 only: WebGPU needs a secure context, which localhost is.
+//!
+//! It serves files as the Hugging Face hub and CDNs do, so the page meets the same cases here:
+//! bodies are streamed (a 1.5 GB checkpoint is never read into memory), single byte ranges are
+//! answered with 206 (the page reads a `pytorch_model.bin`'s directory first), and JSON and text
+//! files go out gzip-encoded when the browser accepts it (Content-Length is then the encoded
+//! size, not the file's). `--log` prints every request (the tests check what was fetched).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
 
-pub fn serve(root: &Path, port: u16) -> anyhow::Result<()> {
+pub fn serve(root: &Path, port: u16, log: bool) -> anyhow::Result<()> {
     let root = root
         .canonicalize()
         .with_context(|| format!("serving {}", root.display()))?;
@@ -26,7 +32,7 @@ pub fn serve(root: &Path, port: u16) -> anyhow::Result<()> {
         let Ok(stream) = stream else { continue };
         let root = root.clone();
         std::thread::spawn(move || {
-            if let Err(e) = handle(stream, &root) {
+            if let Err(e) = handle(stream, &root, log) {
                 eprintln!("request failed: {e}");
             }
         });
@@ -68,49 +74,136 @@ fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-fn handle(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
+/// A `Range: bytes=…` header of one range: `[start, end)` within a file of `len` bytes.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        // the last n bytes
+        let n: u64 = b.parse().ok()?;
+        (len.saturating_sub(n), len)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
+        (start, end)
+    };
+    (start < end && start < len).then_some((start, end))
+}
+
+fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    // drain the headers
+    let (mut range, mut gzip_ok) = (None, false);
     let mut line = String::new();
     while reader.read_line(&mut line)? > 2 {
+        if let Some((name, value)) = line.split_once(':') {
+            match name.trim().to_ascii_lowercase().as_str() {
+                "range" => range = Some(value.trim().to_string()),
+                "accept-encoding" => gzip_ok = value.contains("gzip"),
+                _ => {}
+            }
+        }
         line.clear();
     }
     let mut parts = request_line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    if method != "GET" && method != "HEAD" {
+    if log {
+        eprintln!(
+            "glimpse serve: {method} {target}{}",
+            range
+                .as_deref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default()
+        );
+    }
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
         return respond(
             &mut stream,
             "405 Method Not Allowed",
             "text/plain",
             b"GET or HEAD only\n",
-            method == "HEAD",
+            false,
         );
     }
     if target == "/" {
         let head = "HTTP/1.1 302 Found\r\nLocation: /www/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         return stream.write_all(head.as_bytes());
     }
-    match resolve(root, target).filter(|p| p.is_file()) {
-        Some(path) => match std::fs::read(&path) {
-            Ok(body) => respond(&mut stream, "200 OK", mime(&path), &body, method == "HEAD"),
-            Err(_) => respond(
-                &mut stream,
-                "500 Internal Server Error",
-                "text/plain",
-                b"cannot read file\n",
-                false,
-            ),
-        },
-        None => respond(
+    let Some(path) = resolve(root, target).filter(|p| p.is_file()) else {
+        return respond(
             &mut stream,
             "404 Not Found",
             "text/plain",
             b"not found\n",
-            method == "HEAD",
-        ),
+            head_only,
+        );
+    };
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return respond(
+            &mut stream,
+            "500 Internal Server Error",
+            "text/plain",
+            b"cannot read file\n",
+            false,
+        );
+    };
+    let len = file.metadata()?.len();
+    let mime = mime(&path);
+    if let Some(r) = range {
+        let Some((start, end)) = parse_range(&r, len) else {
+            let head = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            return stream.write_all(head.as_bytes());
+        };
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nAccept-Ranges: bytes\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            end - start,
+            end - 1
+        );
+        stream.write_all(head.as_bytes())?;
+        if !head_only {
+            file.seek(SeekFrom::Start(start))?;
+            std::io::copy(&mut (&mut file).take(end - start), &mut stream)?;
+        }
+        return stream.flush();
     }
+    let text = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("json" | "txt")
+    );
+    if text && gzip_ok && len <= 64 << 20 {
+        let mut body = Vec::new();
+        file.read_to_end(&mut body)?;
+        let gz = gzip_stored(&body);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+            gz.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        if !head_only {
+            stream.write_all(&gz)?;
+        }
+        return stream.flush();
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes())?;
+    if !head_only {
+        std::io::copy(&mut file, &mut stream)?;
+    }
+    stream.flush()
 }
 
 fn respond(
@@ -131,6 +224,47 @@ fn respond(
     stream.flush()
 }
 
+/// CRC-32 (IEEE), as gzip's trailer needs.
+fn crc32(data: &[u8]) -> u32 {
+    let mut table = [0u32; 256];
+    for (i, t) in table.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+        *t = c;
+    }
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc = table[((crc ^ b as u32) & 0xff) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// A gzip stream of `data` in stored (uncompressed) deflate blocks: a real Content-Encoding
+/// whose length differs from the file's, without a compressor.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut blocks = data.chunks(65535).peekable();
+    if blocks.peek().is_none() {
+        out.extend([1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(b) = blocks.next() {
+        out.push(blocks.peek().is_none() as u8);
+        let n = b.len() as u16;
+        out.extend(n.to_le_bytes());
+        out.extend((!n).to_le_bytes());
+        out.extend(b);
+    }
+    out.extend(crc32(data).to_le_bytes());
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +278,17 @@ mod tests {
         );
         assert_eq!(resolve(root, "/../etc/passwd"), None);
         assert_eq!(resolve(root, "/www/../../etc/passwd"), None);
+    }
+
+    #[test]
+    fn ranges_and_gzip() {
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=5-9", 100), Some((5, 10)));
+        assert_eq!(parse_range("bytes=95-", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=200-", 100), None);
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        let data: Vec<u8> = (0..70000u32).map(|i| (i % 251) as u8).collect();
+        let gz = gzip_stored(&data);
+        assert_eq!(gz.len(), 10 + 2 * 5 + data.len() + 8);
     }
 }

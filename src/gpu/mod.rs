@@ -325,7 +325,7 @@ impl GpuContext {
                 limit_mib: limit as f64 / (1024.0 * 1024.0),
             });
         }
-        let buf = pool::exact(&self.device, name, bytes);
+        let buf = pool::exact(&self.pool, name, bytes);
         self.check()?;
         Ok(buf)
     }
@@ -538,6 +538,8 @@ impl GpuContext {
         }
         u.current = 0;
         self.queue.submit([encoder.finish()]);
+        // weights dropped before this submit may have been read by it: destroy them now
+        self.pool.destroy_retired();
     }
 
     /// Number of dispatches recorded and not yet submitted.

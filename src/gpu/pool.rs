@@ -9,6 +9,9 @@ pub(crate) struct Pool {
     device: wgpu::Device,
     max_buffer_size: u64,
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Exact buffers (weights) whose tensors were dropped: commands recorded before the drop may
+    /// still read them, so they are destroyed after the next submit, not at once.
+    retired: Mutex<Vec<wgpu::Buffer>>,
 }
 
 /// Size classes: powers of two and 1.5× powers of two (at most 33% waste), from 256 bytes.
@@ -31,6 +34,7 @@ impl Pool {
             device,
             max_buffer_size,
             free: Mutex::default(),
+            retired: Mutex::default(),
         }
     }
 
@@ -61,13 +65,23 @@ impl Pool {
         GpuBuffer {
             buffer,
             class,
-            pool: Some(self.clone()),
+            pool: self.clone(),
+            exact: false,
+        }
+    }
+
+    /// Destroys the buffers retired since the last submit (call right after submitting).
+    pub fn destroy_retired(&self) {
+        let bufs = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        for b in bufs {
+            b.destroy();
         }
     }
 
     /// Destroys every free buffer (after a model went, its activations' buffers are not needed
     /// by the next one); returns the bytes given back.
     pub fn trim(&self) -> u64 {
+        self.destroy_retired();
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let mut bytes = 0;
         for (class, bufs) in free.drain() {
@@ -87,8 +101,8 @@ impl Pool {
 }
 
 /// An exact-size buffer outside the pool (a weight): destroyed when its tensor is dropped.
-pub(crate) fn exact(device: &wgpu::Device, label: &str, bytes: u64) -> GpuBuffer {
-    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+pub(crate) fn exact(pool: &Arc<Pool>, label: &str, bytes: u64) -> GpuBuffer {
+    let buffer = pool.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.max(4).next_multiple_of(4),
         usage: wgpu::BufferUsages::STORAGE
@@ -99,16 +113,18 @@ pub(crate) fn exact(device: &wgpu::Device, label: &str, bytes: u64) -> GpuBuffer
     GpuBuffer {
         class: buffer.size(),
         buffer,
-        pool: None,
+        pool: pool.clone(),
+        exact: true,
     }
 }
 
 /// A storage buffer: pooled ones return to their pool when dropped, exact ones (weights) are
-/// destroyed, so a model's weights leave the GPU with the model.
+/// destroyed (after the next submit), so a model's weights leave the GPU with the model.
 pub(crate) struct GpuBuffer {
     buffer: wgpu::Buffer,
     class: u64,
-    pool: Option<Arc<Pool>>,
+    pool: Arc<Pool>,
+    exact: bool,
 }
 
 impl GpuBuffer {
@@ -119,16 +135,21 @@ impl GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        match &self.pool {
-            // wgpu::Buffer is a shared handle: the pool keeps the same buffer alive.
-            Some(pool) => pool
+        // wgpu::Buffer is a shared handle: the pool keeps the same buffer alive
+        if self.exact {
+            self.pool
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.buffer.clone());
+        } else {
+            self.pool
                 .free
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(self.class)
                 .or_default()
-                .push(self.buffer.clone()),
-            None => self.buffer.destroy(),
+                .push(self.buffer.clone());
         }
     }
 }

@@ -6,7 +6,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::bench::{self, BenchOptions, BenchRow};
 use crate::gpu::{GpuContext, GpuOptions};
-use crate::pipeline::{ModelFiles, Pipeline, PreparedImage, Task};
+use crate::io::stream::{LoadOptions, LoadStats, Loader, WeightFile};
+use crate::pipeline::{ModelSpec, Pipeline, PreparedImage, Task};
 use crate::selfcheck;
 use crate::tensor::{AttentionOpts, DType, Device, Tensor};
 
@@ -238,32 +239,6 @@ pub fn format_bench_table(rows: JsValue) -> Result<String, JsError> {
     Ok(bench::format_table(&rows))
 }
 
-/// The files of a model folder, as the page fetched or the person picked them.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JsModelFiles {
-    config: String,
-    generation_config: Option<String>,
-    preprocessor_config: String,
-    #[serde(with = "serde_bytes_compat")]
-    tokenizer: Vec<u8>,
-    #[serde(with = "serde_bytes_vec_compat")]
-    weights: Vec<Vec<u8>>,
-}
-
-/// Uint8Array <-> Vec<u8> through serde-wasm-bindgen (it reads typed arrays as byte buffers).
-mod serde_bytes_compat {
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        serde::Deserialize::deserialize(d).map(|b: serde_bytes::ByteBuf| b.into_vec())
-    }
-}
-mod serde_bytes_vec_compat {
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
-        serde::Deserialize::deserialize(d)
-            .map(|v: Vec<serde_bytes::ByteBuf>| v.into_iter().map(|b| b.into_vec()).collect())
-    }
-}
-
 /// Generation options from JS (camelCase); unset ones come from generation_config.json.
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -312,43 +287,212 @@ fn options(
 pub struct JsModel {
     pipeline: Pipeline,
     images: Vec<Option<PreparedImage>>,
+    stats: LoadStats,
+}
+
+/// What `engine.beginLoad` takes: the model's small files by name, the weight files in the
+/// order they will be pushed, the dtype of Linear weights, and whether to write the GGUF file.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BeginLoad {
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, serde_bytes::ByteBuf>,
+    weights: Vec<JsWeightFile>,
+    dtype: Option<String>,
+    #[serde(default)]
+    store_gguf: bool,
+    /// a sharded checkpoint's index (`*.index.json` text)
+    shard_index: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsWeightFile {
+    name: String,
+    /// bytes, when known (a catalog's exact size, an unencoded Content-Length, a File's size)
+    size: Option<f64>,
+    sha256: Option<String>,
+}
+
+/// A streaming load: metadata checked first, weight bytes pushed as they arrive, each tensor sent
+/// to the device (and to the GGUF file being written) the moment its bytes are complete; the
+/// wasm heap never holds the checkpoint.
+#[wasm_bindgen(js_name = Loader)]
+pub struct JsLoader {
+    inner: Option<Loader<ModelSpec>>,
 }
 
 #[wasm_bindgen]
 impl Engine {
-    /// `await engine.loadModel({config, generationConfig, preprocessorConfig, tokenizer, weights: [Uint8Array…]}, 'f32'|'f16'|'q8_0'|'q4_0')`
-    #[wasm_bindgen(js_name = loadModel)]
-    pub fn load_model(&self, files: JsValue, dtype: String) -> Result<JsModel, JsError> {
-        let f: JsModelFiles = serde_wasm_bindgen::from_value(files).map_err(js_err)?;
-        let files = ModelFiles {
-            config: f.config,
-            generation_config: f.generation_config,
-            preprocessor_config: f.preprocessor_config,
-            tokenizer: f.tokenizer,
-            weights: f.weights,
+    /// `engine.beginLoad({files: {'config.json': Uint8Array, …}, weights: [{name, size,
+    /// sha256}], dtype, storeGguf, shardIndex})`. Parses and checks config.json, the image
+    /// processor, the tokenizer and the generation config before any weight is fetched; with no
+    /// `files` and one `.gguf` weight file the model comes from the file's own metadata.
+    #[wasm_bindgen(js_name = beginLoad)]
+    pub fn begin_load(&self, opts: JsValue) -> Result<JsLoader, JsError> {
+        let o: BeginLoad = serde_wasm_bindgen::from_value(opts).map_err(js_err)?;
+        let meta: std::collections::BTreeMap<String, Vec<u8>> = o
+            .files
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect();
+        let spec = if meta.contains_key("config.json") {
+            Some(ModelSpec::from_files(&meta).map_err(js_err)?)
+        } else {
+            None
         };
-        let dtype = DType::parse(&dtype).map_err(js_err)?;
-        let pipeline = Pipeline::load(&files, &self.device, dtype).map_err(js_err)?;
-        Ok(JsModel {
-            pipeline,
-            images: Vec::new(),
+        let weights = o
+            .weights
+            .into_iter()
+            .map(|w| WeightFile {
+                name: w.name,
+                len: w.size.map(|s| s as u64),
+                sha256: w.sha256.map(|s| s.to_lowercase()),
+            })
+            .collect();
+        let dtype = DType::parse(o.dtype.as_deref().unwrap_or("f32")).map_err(js_err)?;
+        let opts = LoadOptions {
+            dtype,
+            device: Some(self.device.clone()),
+            write_gguf: o.store_gguf,
+        };
+        let mut loader = Loader::new(spec, weights, opts).map_err(js_err)?;
+        if let Some(index) = o.shard_index {
+            let set = crate::io::files::parse_index("the shard index", index.as_bytes())
+                .map_err(js_err)?;
+            if let Some(map) = set.index {
+                loader.set_shard_index(&map).map_err(js_err)?;
+            }
+        }
+        Ok(JsLoader {
+            inner: Some(loader),
         })
     }
 }
 
-#[wasm_bindgen]
-impl Engine {
-    /// `engine.loadGguf(bytes, dtype)`: a one-file model written by `glimpse quantize` (its
-    /// config, preprocessor config and tokenizer are in the file's metadata).
-    #[wasm_bindgen(js_name = loadGguf)]
-    pub fn load_gguf(&self, bytes: Vec<u8>, dtype: String) -> Result<JsModel, JsError> {
-        let files = crate::io::gguf::model_files(bytes).map_err(js_err)?;
-        let dtype = DType::parse(&dtype).map_err(js_err)?;
-        let pipeline = Pipeline::load(&files, &self.device, dtype).map_err(js_err)?;
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TorchAhead {
+    /// fetch `[pickleAt, pickleAt + pickleMax)` (or up to the end) and give it to torchPickle
+    pickle_at: Option<f64>,
+    pickle_max: Option<f64>,
+    /// the tail was too short: fetch from here to the end and call torchDirectory again
+    need_from: Option<f64>,
+}
+
+#[wasm_bindgen(js_class = Loader)]
+impl JsLoader {
+    fn get(&mut self) -> Result<&mut Loader<ModelSpec>, JsError> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| JsError::new("this load has finished"))
+    }
+
+    /// `{architecture, task}` of the model (once known: a GGUF file's header says it).
+    pub fn info(&mut self) -> Result<JsValue, JsError> {
+        let spec = self.get()?.spec();
+        let info = spec.map(
+            |s| serde_json::json!({"architecture": s.arch_name(), "task": task_name(s.task())}),
+        );
+        serde_wasm_bindgen::to_value(&info).map_err(js_err)
+    }
+
+    /// The last bytes of a `pytorch_model.bin` (`tail` starts at `tailOffset` and ends at the
+    /// end of the file): the archive is checked and `data.pkl`'s place returned.
+    #[wasm_bindgen(js_name = torchDirectory)]
+    pub fn torch_directory(
+        &mut self,
+        file: u32,
+        tail: &[u8],
+        tail_offset: f64,
+        file_len: f64,
+    ) -> Result<JsValue, JsError> {
+        let r = self
+            .get()?
+            .torch_directory(file as usize, tail, tail_offset as u64, file_len as u64)
+            .map_err(js_err)?;
+        let out = match r {
+            Ok((at, max)) => TorchAhead {
+                pickle_at: Some(at as f64),
+                pickle_max: Some(max as f64),
+                need_from: None,
+            },
+            Err(from) => TorchAhead {
+                pickle_at: None,
+                pickle_max: None,
+                need_from: Some(from as f64),
+            },
+        };
+        serde_wasm_bindgen::to_value(&out).map_err(js_err)
+    }
+
+    /// The bytes from `data.pkl`'s local header on (see `torchDirectory`).
+    #[wasm_bindgen(js_name = torchPickle)]
+    pub fn torch_pickle(&mut self, file: u32, bytes: &[u8]) -> Result<(), JsError> {
+        self.get()?
+            .torch_pickle(file as usize, bytes)
+            .map_err(js_err)
+    }
+
+    /// The next bytes of the current weight file.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        self.get()?.push(chunk).map_err(js_err)
+    }
+
+    /// The current weight file has ended (its length and sha256 are checked).
+    #[wasm_bindgen(js_name = endFile)]
+    pub fn end_file(&mut self) -> Result<(), JsError> {
+        self.get()?.end_file().map_err(js_err)
+    }
+
+    /// GGUF bytes to write since the last call: `[[offset, Uint8Array], …]`.
+    #[wasm_bindgen(js_name = takeWrites)]
+    pub fn take_writes(&mut self) -> Result<js_sys::Array, JsError> {
+        let out = js_sys::Array::new();
+        for (at, bytes) in self.get()?.take_writes() {
+            let pair = js_sys::Array::new();
+            pair.push(&JsValue::from_f64(at as f64));
+            pair.push(&js_sys::Uint8Array::from(&bytes[..]));
+            out.push(&pair);
+        }
+        Ok(out)
+    }
+
+    /// The GGUF header (written at offset 0 once every tensor arrived) and the file's length:
+    /// `{header: Uint8Array, length}`, or null when no GGUF is written.
+    #[wasm_bindgen(js_name = ggufHeader)]
+    pub fn gguf_header(&mut self) -> Result<JsValue, JsError> {
+        let Some((h, len)) = self.get()?.gguf_header() else {
+            return Ok(JsValue::NULL);
+        };
+        let o = js_sys::Object::new();
+        Reflect::set(&o, &"header".into(), &js_sys::Uint8Array::from(&h[..]))
+            .map_err(|_| JsError::new("ggufHeader"))?;
+        Reflect::set(&o, &"length".into(), &JsValue::from_f64(len as f64))
+            .map_err(|_| JsError::new("ggufHeader"))?;
+        Ok(o.into())
+    }
+
+    /// The model, once every weight file has ended; `stats()` then says what was read.
+    pub fn finish(&mut self) -> Result<JsModel, JsError> {
+        let loader = self
+            .inner
+            .take()
+            .ok_or_else(|| JsError::new("this load has finished"))?;
+        let (pipeline, stats) = Pipeline::from_loader(loader).map_err(js_err)?;
         Ok(JsModel {
             pipeline,
             images: Vec::new(),
+            stats,
         })
+    }
+}
+
+fn task_name(t: Task) -> &'static str {
+    match t {
+        Task::Caption => "caption",
+        Task::Answer => "answer",
+        Task::Match => "match",
     }
 }
 
@@ -370,11 +514,16 @@ impl JsModel {
     /// "caption" (captions; GIT also answers questions), "answer" (BLIP VQA) or "match" (CLIP).
     #[wasm_bindgen(getter)]
     pub fn task(&self) -> String {
-        match self.pipeline.task() {
-            Task::Caption => "caption".into(),
-            Task::Answer => "answer".into(),
-            Task::Match => "match".into(),
-        }
+        task_name(self.pipeline.task()).into()
+    }
+
+    /// What the load read and made: `{bytes, params, tensors, ggufBytes}`.
+    pub fn stats(&self) -> Result<JsValue, JsError> {
+        let s = &self.stats;
+        let o = serde_json::json!({
+            "bytes": s.bytes, "params": s.params, "tensors": s.tensors, "ggufBytes": s.gguf_bytes
+        });
+        serde_wasm_bindgen::to_value(&o).map_err(js_err)
     }
 
     /// Decodes and encodes an image (PNG, JPEG, WebP bytes); returns its handle.
@@ -496,4 +645,14 @@ pub fn sample_scene(seed: f64, size: u32) -> Result<JsValue, JsError> {
         questions: scene.questions(),
     };
     serde_wasm_bindgen::to_value(&out).map_err(js_err)
+}
+
+/// The size of this instance's wasm memory in bytes: it only grows, so after a load it is the
+/// peak the load reached.
+#[wasm_bindgen(js_name = memoryBytes)]
+pub fn memory_bytes() -> f64 {
+    let m: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    m.buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
 }

@@ -3,7 +3,8 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -33,6 +34,8 @@ export const TRAP = /unreachable|panicked|RuntimeError|memory access out of boun
 let server; // the `glimpse serve` child process
 let base; // http://127.0.0.1:PORT
 const browsers = [];
+/** Every request the server saw, in order: "GET /path [bytes=…]" (`glimpse serve --log`). */
+export const served = [];
 
 for (const [what, path] of [['glimpse binary', BIN], ['wasm package', join(ROOT, 'pkg/glimpse_bg.wasm')], ['Chromium', CHROMIUM]]) {
   if (!existsSync(path)) throw new Error(`${what} not found at ${path}: build it first (see docs/browser.md)`);
@@ -41,7 +44,7 @@ for (const [what, path] of [['glimpse binary', BIN], ['wasm package', join(ROOT,
 /** Starts `glimpse serve` on a free port; resolves to its base URL once it prints the serving line. */
 function startServerProcess() {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT, '--log'], { stdio: ['ignore', 'pipe', 'pipe'] });
     server = child;
     let stdout = '';
     let stderr = '';
@@ -54,8 +57,17 @@ function startServerProcess() {
         resolvePromise(m[1]);
       }
     });
+    let partial = '';
     child.stderr.on('data', (d) => {
       stderr += d;
+      if (stderr.length > 100_000) stderr = stderr.slice(-50_000);
+      partial += d;
+      const lines = partial.split('\n');
+      partial = lines.pop();
+      for (const l of lines) {
+        const m = l.match(/^glimpse serve: (.*)$/);
+        if (m) served.push(m[1]);
+      }
     });
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
@@ -66,6 +78,28 @@ function startServerProcess() {
       reject(e);
     });
   });
+}
+
+/**
+ * A Chromium with a profile on disk (a temporary user-data dir), as a person's browser has: the
+ * origin gets the normal storage quota (an incognito context keeps OPFS in memory, with a small
+ * quota). Returns {context, page, problems}.
+ */
+export async function launchPersistent(args, { viewport = { width: 1280, height: 900 }, allowConsole = null } = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'glimpse-profile-'));
+  const context = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args, viewport });
+  browsers.push({ close: async () => { await context.close(); rmSync(dir, { recursive: true, force: true }); } });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    const text = msg.text();
+    if (allowConsole && allowConsole.test(text) && !TRAP.test(text)) return;
+    problems.push(`console.error: ${text}`);
+  });
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('crash', () => problems.push('the page crashed'));
+  return { context, page, problems };
 }
 
 export async function launch(args) {
