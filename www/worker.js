@@ -191,8 +191,11 @@ async function describe(source, dtype, id) {
         return { bytes: new Uint8Array(await f.slice(s, e).arrayBuffer()), offset: s, size: f.size };
       },
     });
-    const weights = pickWeights(files.map((f) => f.name));
     const byName = new Map(files.map((f) => [f.name, f]));
+    const gguf = files.length === 1 && files[0].name.endsWith('.gguf');
+    const lacking = gguf ? [] : ['config.json', 'preprocessor_config.json'].filter((n) => !byName.has(n));
+    if (lacking.length) throw new Error(`the chosen files lack ${lacking.join(' and ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
+    const weights = pickWeights(files.map((f) => f.name));
     const index = weights.index ? await local(byName.get(weights.index)).get() : null;
     const names = index ? shardsOf(index) : weights.files;
     const missing = names.filter((n) => !byName.has(n));
@@ -233,7 +236,7 @@ async function describe(source, dtype, id) {
   return { key: `url:${base}@${dtype}`, name: base, fingerprint: base, base, lazy: true };
 }
 
-/** For a folder URL: which small files and weight files exist (404 = absent, anything else is an error). */
+/** For a folder URL: its small files (404 = absent, anything else is an error), then which weights it has. */
 async function probeFolder(d, id) {
   const report = (p) => id !== null && post({ id, progress: p });
   const at = (n) => new URL(n, d.base).href;
@@ -251,6 +254,19 @@ async function probeFolder(d, id) {
     range: (start, end) => store.fetchRange(at(name), name, start, end),
   });
   d.small = SMALL.map(remote);
+  return d;
+}
+
+async function probeWeights(d, id) {
+  const report = (p) => id !== null && post({ id, progress: p });
+  const at = (n) => new URL(n, d.base).href;
+  const remote = (name) => ({
+    name,
+    size: null,
+    sha256: null,
+    stream: () => store.openStream(at(name), name),
+    range: (start, end) => store.fetchRange(at(name), name, start, end),
+  });
   for (const w of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json']) {
     if (await store.exists(at(w))) {
       if (w.endsWith('.index.json')) {
@@ -321,6 +337,7 @@ async function loadModel(source, dtype, id, keep = true) {
       }
     }
     if (d.small.length && !files['config.json']) throw new Error('the model has no config.json');
+    if (d.lazy && d.base) d = await probeWeights(d, id);
     const storeGguf = Boolean(d.key && keep);
     loader = engine.beginLoad({
       files,
@@ -362,12 +379,14 @@ async function loadModel(source, dtype, id, keep = true) {
       throw e;
     }
   }
+  // the GGUF header is final once every file ended: take it before the loader becomes the model
+  const header = writer ? loader.ggufHeader() : null;
   const model = loader.finish();
   const stats = model.stats();
   let storedBytes = stored ? stored.file.size : 0;
   if (writer) {
     try {
-      const h = loader.ggufHeader();
+      const h = header;
       await writer.commit(h.header, h.length, { name: d.name, dtype, fingerprint: d.fingerprint, downloadedBytes: downloaded, architecture: model.architecture });
       storedBytes = h.length;
     } catch (e) {

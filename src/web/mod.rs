@@ -488,6 +488,12 @@ impl JsLoader {
     }
 }
 
+/// A value as plain JS objects (serde_wasm_bindgen makes JSON maps into `Map`s by default).
+fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsError> {
+    v.serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true))
+        .map_err(js_err)
+}
+
 fn task_name(t: Task) -> &'static str {
     match t {
         Task::Caption => "caption",
@@ -523,7 +529,7 @@ impl JsModel {
         let o = serde_json::json!({
             "bytes": s.bytes, "params": s.params, "tensors": s.tensors, "ggufBytes": s.gguf_bytes
         });
-        serde_wasm_bindgen::to_value(&o).map_err(js_err)
+        to_js(&o)
     }
 
     /// Decodes and encodes an image (PNG, JPEG, WebP bytes); returns its handle.

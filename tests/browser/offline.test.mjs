@@ -1,7 +1,7 @@
-// Offline and privacy on the page: after one visit the service worker (www/sw.js) has the shell,
-// the wasm package and the default model (checked against the catalog's sha256), so with the
-// network cut the reloaded page still captions the sample scene; and no request of the visit
-// leaves the page's origin.
+// Offline and privacy on the page: after one visit the service worker (www/sw.js) has the shell
+// and the wasm package, and the worker kept the default model (downloaded once, checked against
+// the catalog's sha256) as one GGUF file in OPFS, so with the network cut the reloaded page still
+// captions the sample scene; and no request of the visit leaves the page's origin.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -30,9 +30,15 @@ test('the page works offline after one visit and talks only to its own origin', 
     for (const key of await caches.keys()) for (const r of await (await caches.open(key)).keys()) names.push(new URL(r.url).pathname);
     return names;
   });
-  for (const want of ['/models/scenes-git/model.safetensors', '/pkg/glimpse_bg.wasm', '/www/index.html']) {
+  for (const want of ['/pkg/glimpse_bg.wasm', '/www/index.html', '/www/store.js']) {
     assert.ok(cached.includes(want), `${want} is not cached: ${cached.join(', ')}`);
   }
+  const kept = await page.evaluate(async () => (await import('/www/glimpse.js')).storedModels());
+  assert.equal(kept.length, 1, 'the default model is kept once');
+  assert.match(kept[0].key, /#scenes-git@f32$/);
+  // the model was downloaded once: the service worker no longer fetches it too
+  const downloads = requests.filter((u) => u.endsWith('/models/scenes-git/model.safetensors'));
+  assert.equal(downloads.length, 1, `model.safetensors requested ${downloads.length} times`);
 
   await page.context().setOffline(true);
   await page.reload();
@@ -41,10 +47,12 @@ test('the page works offline after one visit and talks only to its own origin', 
     caption: document.getElementById('caption-text').textContent,
     error: document.getElementById('caption-error').textContent,
     selfcheck: document.getElementById('selfcheck-status').dataset.state,
+    from: document.getElementById('model-status').dataset.from,
   }));
   console.log(`online: "${online}", offline: ${JSON.stringify(offline)}`);
   assert.equal(offline.error, '');
   assert.equal(offline.caption, online);
+  assert.equal(offline.from, 'store', 'offline, the model comes from the store');
   assert.equal(offline.selfcheck, 'pass');
 
   const foreign = requests.filter((u) => !u.startsWith(base) && !u.startsWith('data:') && !u.startsWith('blob:'));
