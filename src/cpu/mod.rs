@@ -2,7 +2,7 @@
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights use candle's
 //! quantized matmul (which also quantizes the activations to 8 bits, as ggml does).
 
-use candle_core::{DType as CDType, Module, Tensor as CT, D};
+use candle_core::{DType as CDType, Tensor as CT, D};
 
 use crate::error::Result;
 use crate::gpu::kernels::elementwise::{BinaryOp, UnaryOp};
@@ -37,7 +37,7 @@ pub(crate) fn linear(
     let k = x.dim(-1);
     let x2 = cx.reshape(((), k))?;
     let y = match w.storage() {
-        Storage::CpuQuant(q) => candle_core::quantized::QMatMul::QTensor(q.clone()).forward(&x2)?,
+        Storage::CpuQuant(b) => quantized_linear(&x2, b, w)?,
         _ => x2.matmul(&f32_of(w, "linear")?.t()?)?,
     };
     let y = match bias {
@@ -45,6 +45,35 @@ pub(crate) fn linear(
         None => y,
     };
     Tensor::from_candle(y.reshape(out_shape)?)
+}
+
+/// `x [R, K] · w [N, K]ᵀ` for ggml-block weights, with f32 activations (see `tensor::quant`):
+/// a few rows (decode) go through the block GEMV; many rows (an image, a prompt) dequantize the
+/// weight a slab of rows at a time for an f32 matmul.
+fn quantized_linear(x2: &CT, blocks: &[u8], w: &Tensor) -> Result<CT> {
+    let (rows, k) = x2.dims2()?;
+    let n = w.dim(0);
+    let dtype = w.dtype();
+    if rows <= 8 {
+        let x = x2.flatten_all()?.to_vec1::<f32>()?;
+        let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, dtype)?;
+        return Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?);
+    }
+    let row_bytes = blocks.len() / n.max(1);
+    // 2048 rows of f32 at a time (6 MiB for K = 768): the whole weight is never expanded
+    let slab = 2048;
+    let mut parts = Vec::new();
+    for chunk in blocks.chunks(slab * row_bytes) {
+        let r = chunk.len() / row_bytes.max(1);
+        let deq = crate::tensor::quant::dequantize_blocks(chunk, dtype)?;
+        let wt = CT::from_vec(deq, (r, k), &candle_core::Device::Cpu)?;
+        parts.push(x2.matmul(&wt.t()?)?);
+    }
+    Ok(if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        CT::cat(&parts, 1)?
+    })
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {

@@ -113,8 +113,8 @@ impl Device {
 pub(crate) enum Storage {
     /// f32, f16 and u32 tensors on the CPU.
     Cpu(candle_core::Tensor),
-    /// q8_0 / q4_0 weights [N, K] on the CPU, multiplied by candle's quantized matmul.
-    CpuQuant(Arc<candle_core::quantized::QTensor>),
+    /// q8_0 / q4_0 weights [N, K] on the CPU: ggml blocks, row after row (see `quant`).
+    CpuQuant(Arc<Vec<u8>>),
     Gpu {
         ctx: Arc<GpuContext>,
         buf: Arc<GpuBuffer>,
@@ -332,15 +332,15 @@ impl Tensor {
                 }
             },
             DType::Q8_0 | DType::Q4_0 => {
-                let qt = quant::quantize(name, data, shape, dtype)?;
+                let blocks = quant::quantize(name, data, shape, dtype)?;
                 match device {
                     Device::Cpu => Ok(Tensor::from_storage(
                         shape.to_vec(),
                         dtype,
-                        Storage::CpuQuant(Arc::new(qt)),
+                        Storage::CpuQuant(Arc::new(blocks)),
                     )),
                     Device::Gpu(ctx) => {
-                        let words = quant::pack_for_gpu(&qt, dtype)?;
+                        let words = quant::pack_for_gpu(&blocks, dtype)?;
                         let buf = ctx.upload_weight(name, bytemuck::cast_slice(&words))?;
                         Ok(Self::gpu(ctx, buf, shape, dtype))
                     }
@@ -463,10 +463,7 @@ impl Tensor {
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?),
-            (Storage::CpuQuant(q), _) => Ok(q
-                .dequantize(&candle_core::Device::Cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?),
+            (Storage::CpuQuant(b), d) => quant::dequantize_blocks(b, d),
             (Storage::Gpu { ctx, buf }, d) => {
                 let bytes = ctx.read(buf, self.gpu_bytes()).await?;
                 let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);

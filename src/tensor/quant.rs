@@ -1,6 +1,5 @@
-//! Block-quantized weights. Quantization itself is candle's (ggml's q8_0 / q4_0: 32 values per
-//! block, one f16 scale each). For the GPU the blocks are repacked into 32-bit words, which every
-//! WebGPU device can read without shader-f16:
+//! Block-quantized weights: ggml's q8_0 and q4_0 (32 values per block, one f16 scale each), in
+//! ggml's byte layout on the CPU (and in GGUF files), repacked into 32-bit words for the GPU:
 //!
 //! ```text
 //! words [0, nblocks * Q)      the quants of block b at b*Q .. b*Q+Q, bytes in ggml order
@@ -9,8 +8,13 @@
 //! words [nblocks * Q, + nblocks)  the scale of block b as f32 bits
 //! ```
 //! Blocks run along K within a row, rows follow each other: block b = n * (K/32) + k/32.
-
-use candle_core::quantized::{GgmlDType, QTensor};
+//!
+//! Quantization is glimpse's own scalar code (ggml's reference rounding, bit-identical to
+//! candle's portable quantizer), and a quantized Linear on the CPU multiplies f32 activations by
+//! the dequantized weights, as the GPU kernels do. It never quantizes the activations: rounding
+//! activations to 8 bits turns the last-bit differences between platforms (SIMD widths, libm)
+//! into whole quantization steps, so the same weights would caption differently natively and in
+//! wasm.
 
 use super::DType;
 use crate::error::{Error, Result};
@@ -18,13 +22,13 @@ use crate::error::{Error, Result};
 pub const BLOCK: usize = 32;
 pub const Q8_0_WORDS_PER_BLOCK: u64 = 9;
 pub const Q4_0_WORDS_PER_BLOCK: u64 = 5;
-const Q8_0_BYTES: usize = 34;
-const Q4_0_BYTES: usize = 18;
+pub const Q8_0_BYTES: usize = 34;
+pub const Q4_0_BYTES: usize = 18;
 
-fn ggml(dtype: DType) -> Result<GgmlDType> {
+fn block_bytes(dtype: DType) -> Result<usize> {
     match dtype {
-        DType::Q8_0 => Ok(GgmlDType::Q8_0),
-        DType::Q4_0 => Ok(GgmlDType::Q4_0),
+        DType::Q8_0 => Ok(Q8_0_BYTES),
+        DType::Q4_0 => Ok(Q4_0_BYTES),
         d => Err(Error::DType {
             op: "quantize",
             dtype: d.name(),
@@ -33,9 +37,48 @@ fn ggml(dtype: DType) -> Result<GgmlDType> {
     }
 }
 
-/// Quantizes a 2-D `[N, K]` weight (K a multiple of 32) on the host.
-pub fn quantize(name: &str, data: &[f32], shape: &[usize], dtype: DType) -> Result<QTensor> {
-    let g = ggml(dtype)?;
+/// Quantizes values (a multiple of 32) into ggml blocks of `dtype`.
+pub fn quantize_blocks(values: &[f32], dtype: DType) -> Result<Vec<u8>> {
+    let bb = block_bytes(dtype)?;
+    if !values.len().is_multiple_of(BLOCK) {
+        return Err(Error::shape(
+            "quantize",
+            format!("{} values are not whole 32-value blocks", values.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(values.len() / BLOCK * bb);
+    for xs in values.chunks_exact(BLOCK) {
+        if dtype == DType::Q8_0 {
+            let amax = xs.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(half::f16::from_f32(d).to_le_bytes());
+            out.extend(xs.iter().map(|&x| (x * id).round() as i8 as u8));
+        } else {
+            // the value of largest magnitude, with its sign, maps to -8
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &x in xs {
+                if amax < x.abs() {
+                    amax = x.abs();
+                    max = x;
+                }
+            }
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(half::f16::from_f32(d).to_le_bytes());
+            for j in 0..BLOCK / 2 {
+                let q0 = ((xs[j] * id + 8.5) as u8).min(15);
+                let q1 = ((xs[BLOCK / 2 + j] * id + 8.5) as u8).min(15);
+                out.push(q0 | (q1 << 4));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Quantizes a 2-D `[N, K]` weight (K a multiple of 32): ggml blocks, row after row.
+pub fn quantize(name: &str, data: &[f32], shape: &[usize], dtype: DType) -> Result<Vec<u8>> {
+    block_bytes(dtype)?;
     let &[_, k] = shape else {
         return Err(Error::shape(
             "quantize",
@@ -51,32 +94,80 @@ pub fn quantize(name: &str, data: &[f32], shape: &[usize], dtype: DType) -> Resu
             ),
         ));
     }
-    let t = candle_core::Tensor::from_slice(data, shape, &candle_core::Device::Cpu)?;
-    Ok(QTensor::quantize(&t, g)?)
+    quantize_blocks(data, dtype)
 }
 
-/// What the GPU kernels see of a quantized tensor: the word layout described above.
-pub fn pack_for_gpu(q: &QTensor, dtype: DType) -> Result<Vec<u32>> {
-    let raw = q.data()?;
-    let (block_bytes, qwords) = match dtype {
-        DType::Q8_0 => (Q8_0_BYTES, 8usize),
-        DType::Q4_0 => (Q4_0_BYTES, 4usize),
-        d => {
-            return Err(ggml(d)
-                .err()
-                .unwrap_or(Error::Invalid("not quantized".into())))
+/// f32 values of ggml blocks of `dtype`.
+pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
+    let bb = block_bytes(dtype)?;
+    let mut out = Vec::with_capacity(bytes.len() / bb * BLOCK);
+    for blk in bytes.chunks_exact(bb) {
+        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let q = &blk[2..];
+        if dtype == DType::Q8_0 {
+            out.extend(q.iter().map(|&v| (v as i8) as f32 * d));
+        } else {
+            out.extend(q.iter().map(|&v| ((v & 0xf) as f32 - 8.0) * d));
+            out.extend(q.iter().map(|&v| ((v >> 4) as f32 - 8.0) * d));
         }
-    };
-    if raw.len() % block_bytes != 0 {
+    }
+    Ok(out)
+}
+
+/// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`:
+/// each block's 32 products summed in f32, scaled by the block's d, the blocks summed in order.
+/// The same sums on every platform.
+pub fn gemv(x: &[f32], rows: usize, w: &[u8], n: usize, k: usize, dtype: DType) -> Result<Vec<f32>> {
+    let bb = block_bytes(dtype)?;
+    let bpr = k / BLOCK;
+    if w.len() != n * bpr * bb || x.len() != rows * k {
+        return Err(Error::shape(
+            "linear",
+            format!("quantized weight of {} bytes is not [{n}, {k}] {}", w.len(), dtype.name()),
+        ));
+    }
+    let mut y = vec![0f32; rows * n];
+    let mut q = [0f32; BLOCK];
+    for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
+        for (b, blk) in wrow.chunks_exact(bb).enumerate() {
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            let qs = &blk[2..];
+            if dtype == DType::Q8_0 {
+                for (t, &v) in q.iter_mut().zip(qs) {
+                    *t = (v as i8) as f32;
+                }
+            } else {
+                for i in 0..BLOCK / 2 {
+                    q[i] = (qs[i] & 0xf) as f32 - 8.0;
+                    q[i + BLOCK / 2] = (qs[i] >> 4) as f32 - 8.0;
+                }
+            }
+            for r in 0..rows {
+                let xs = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
+                let mut s = 0f32;
+                for i in 0..BLOCK {
+                    s += xs[i] * q[i];
+                }
+                y[r * n + j] += s * d;
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// What the GPU kernels see of quantized blocks: the word layout described above.
+pub fn pack_for_gpu(raw: &[u8], dtype: DType) -> Result<Vec<u32>> {
+    let bb = block_bytes(dtype)?;
+    let qwords = if dtype == DType::Q8_0 { 8usize } else { 4 };
+    if raw.len() % bb != 0 {
         return Err(Error::Invalid(format!(
-            "quantized data of {} bytes is not whole {}-byte blocks",
+            "quantized data of {} bytes is not whole {bb}-byte blocks",
             raw.len(),
-            block_bytes
         )));
     }
-    let nblocks = raw.len() / block_bytes;
+    let nblocks = raw.len() / bb;
     let mut words = vec![0u32; nblocks * (qwords + 1)];
-    for (b, block) in raw.chunks_exact(block_bytes).enumerate() {
+    for (b, block) in raw.chunks_exact(bb).enumerate() {
         let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
         for w in 0..qwords {
             let o = 2 + 4 * w;
@@ -135,12 +226,7 @@ pub fn quantize_dequantize(data: &[f32], shape: &[usize], dtype: DType) -> Resul
             .iter()
             .map(|&x| half::f16::from_f32(x).to_f32())
             .collect()),
-        _ => {
-            let q = quantize("reference", data, shape, dtype)?;
-            Ok(q.dequantize(&candle_core::Device::Cpu)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        }
+        _ => dequantize_blocks(&quantize("reference", data, shape, dtype)?, dtype),
     }
 }
 
@@ -148,17 +234,53 @@ pub fn quantize_dequantize(data: &[f32], shape: &[usize], dtype: DType) -> Resul
 mod tests {
     use super::*;
 
+    fn data(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect()
+    }
+
     #[test]
-    fn gpu_packing_round_trips_through_candle_dequantize() {
-        let data: Vec<f32> = (0..3 * 64)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
+    fn blocks_are_candles_and_ggmls() {
+        // glimpse quantizes as candle's portable code (ggml's reference) does, bit for bit
+        let v = data(6 * 64);
+        for (dtype, g) in [
+            (DType::Q8_0, candle_core::quantized::GgmlDType::Q8_0),
+            (DType::Q4_0, candle_core::quantized::GgmlDType::Q4_0),
+        ] {
+            let t = candle_core::Tensor::from_slice(&v, (6, 64), &candle_core::Device::Cpu).unwrap();
+            let theirs = candle_core::quantized::QTensor::quantize(&t, g).unwrap().data().unwrap().into_owned();
+            assert_eq!(quantize("w", &v, &[6, 64], dtype).unwrap(), theirs, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn gpu_packing_round_trips_through_dequantize() {
+        let v = data(3 * 64);
         for dtype in [DType::Q8_0, DType::Q4_0] {
-            let q = quantize("w", &data, &[3, 64], dtype).unwrap();
+            let q = quantize("w", &v, &[3, 64], dtype).unwrap();
             let words = pack_for_gpu(&q, dtype).unwrap();
-            let ours = unpack_from_gpu(&words, data.len(), dtype).unwrap();
-            let theirs = quantize_dequantize(&data, &[3, 64], dtype).unwrap();
-            assert_eq!(ours, theirs, "{dtype:?}");
+            assert_eq!(
+                unpack_from_gpu(&words, v.len(), dtype).unwrap(),
+                dequantize_blocks(&q, dtype).unwrap(),
+                "{dtype:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemv_is_the_dequantized_product() {
+        let (n, k, rows) = (5, 96, 3);
+        let w = data(n * k);
+        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+        for dtype in [DType::Q8_0, DType::Q4_0] {
+            let q = quantize("w", &w, &[n, k], dtype).unwrap();
+            let deq = dequantize_blocks(&q, dtype).unwrap();
+            let y = gemv(&x, rows, &q, n, k, dtype).unwrap();
+            for r in 0..rows {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|i| x[r * k + i] * deq[j * k + i]).sum();
+                    assert!((y[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?}");
+                }
+            }
         }
     }
 

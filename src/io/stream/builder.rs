@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::GgmlDType;
-
 use super::convert::{decode, device_dtype, encode, SrcType, Stored};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuBuffer, GpuContext};
@@ -276,19 +274,8 @@ impl Builder {
                     )
                 }
                 Acc::Blocks(v) => {
-                    let g = if self.dtype == DType::Q8_0 {
-                        GgmlDType::Q8_0
-                    } else {
-                        GgmlDType::Q4_0
-                    };
                     check_len(&self.name, v.len(), ggml_of(self.dtype).bytes(numel))?;
-                    let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                        g,
-                        &v,
-                        shape.clone(),
-                        &candle_core::Device::Cpu,
-                    )?;
-                    Tensor::from_storage(shape, self.dtype, Storage::CpuQuant(Arc::new(q)))
+                    Tensor::from_storage(shape, self.dtype, Storage::CpuQuant(Arc::new(v)))
                 }
                 Acc::Gpu { ctx, chunks, .. } => {
                     let cols = self.stored.cols();

@@ -5,8 +5,6 @@
 //! Conversions work on whole rows (a row is the last dimension; q8_0/q4_0 blocks run along it),
 //! so a tensor can be converted as its bytes arrive.
 
-use candle_core::quantized::{GgmlDType, QTensor};
-
 use crate::error::{Error, Result};
 use crate::io::gguf::GgmlType;
 use crate::io::weights::{Role, Use};
@@ -204,7 +202,7 @@ pub fn decode(src: SrcType, bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-/// Encodes rows of `cols` f32 values as `dtype` (candle's q8_0/q4_0 quantizer: ggml's).
+/// Encodes rows of `cols` f32 values as `dtype` (q8_0/q4_0: glimpse's quantizer, ggml's rounding).
 pub fn encode(values: &[f32], cols: usize, dtype: GgmlType) -> Result<Vec<u8>> {
     Ok(match dtype {
         GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -213,18 +211,17 @@ pub fn encode(values: &[f32], cols: usize, dtype: GgmlType) -> Result<Vec<u8>> {
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect(),
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
-            if values.is_empty() {
-                return Ok(Vec::new());
+            if !cols.is_multiple_of(32) {
+                return Err(Error::Invalid(format!(
+                    "rows of {cols} values are not whole 32-value blocks"
+                )));
             }
-            let rows = values.len() / cols;
-            let t =
-                candle_core::Tensor::from_slice(values, (rows, cols), &candle_core::Device::Cpu)?;
-            let g = if dtype == GgmlType::Q8_0 {
-                GgmlDType::Q8_0
+            let d = if dtype == GgmlType::Q8_0 {
+                DType::Q8_0
             } else {
-                GgmlDType::Q4_0
+                DType::Q4_0
             };
-            QTensor::quantize(&t, g)?.data()?.into_owned()
+            crate::tensor::quant::quantize_blocks(values, d)?
         }
     })
 }
@@ -268,23 +265,11 @@ mod tests {
     }
 
     #[test]
-    fn decode_matches_candle_dequantize() {
+    fn decode_matches_the_tensor_path() {
         let v: Vec<f32> = (0..2 * 32).map(|i| (i as f32 * 0.37).sin()).collect();
-        for (t, g) in [
-            (GgmlType::Q8_0, GgmlDType::Q8_0),
-            (GgmlType::Q4_0, GgmlDType::Q4_0),
-        ] {
+        for (t, d) in [(GgmlType::Q8_0, DType::Q8_0), (GgmlType::Q4_0, DType::Q4_0)] {
             let bytes = encode(&v, 32, t).unwrap();
-            let c =
-                candle_core::Tensor::from_slice(&v, (2, 32), &candle_core::Device::Cpu).unwrap();
-            let want = QTensor::quantize(&c, g)
-                .unwrap()
-                .dequantize(&candle_core::Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = crate::tensor::quant::dequantize_blocks(&bytes, d).unwrap();
             assert_eq!(decode(SrcType::from_ggml(t), &bytes), want, "{t:?}");
         }
     }
