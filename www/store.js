@@ -71,12 +71,15 @@ export async function list() {
   return Object.entries(m.entries).map(([key, e]) => ({ key, ...e }));
 }
 
-/** A stored model's GGUF file, if `key` was stored with this `fingerprint`. */
+/**
+ * A stored model's GGUF file, if `key` was stored with this `fingerprint` (undefined: any, when
+ * the source cannot be checked, e.g. offline).
+ */
 export async function open(key, fingerprint) {
   if (!(await available())) return null;
   const d = await dir();
   const e = (await readManifest(d)).entries[key];
-  if (!e || e.fingerprint !== fingerprint) return null;
+  if (!e || (fingerprint !== undefined && e.fingerprint !== fingerprint)) return null;
   try {
     const file = await (await d.getFileHandle(e.file)).getFile();
     if (file.size !== e.bytes) return null; // never use a file that is not what was written

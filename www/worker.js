@@ -209,7 +209,15 @@ async function describe(source, dtype, id) {
   }
   if (source.catalog) {
     const catalogUrl = new URL(source.catalogUrl, self.location.href);
-    const res = await fetch(catalogUrl);
+    let res;
+    try {
+      res = await fetch(catalogUrl);
+    } catch (e) {
+      // offline, with a catalog the service worker does not hold: a kept copy of the model
+      // serves without checking it against the catalog
+      const key = `catalog:${catalogUrl.href}#${source.catalog}@${dtype}`;
+      return { key, anyFingerprint: true, offline: `catalog.json could not be fetched (${messageOf(e)})` };
+    }
     if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status} from ${catalogUrl}`);
     const catalog = await res.json();
     const entry = catalog.models.find((m) => m.id === source.catalog);
@@ -312,11 +320,12 @@ async function loadModel(source, dtype, id, keep = true) {
   let stored = null;
   if (d.key && keep) {
     try {
-      stored = await store.open(d.key, d.fingerprint);
+      stored = await store.open(d.key, d.anyFingerprint ? undefined : d.fingerprint);
     } catch (e) {
       warn(id, `the model store cannot be read (${messageOf(e)})`);
     }
   }
+  if (d.offline && !stored) throw new Error(`${d.offline}, and this browser keeps no copy of the model`);
   let loader;
   let writer = null;
   if (stored) {

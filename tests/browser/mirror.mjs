@@ -34,6 +34,8 @@ function sha256File(path) {
  * (null: the real depth). Returns {catalogPath, entries}.
  */
 export async function buildMirror({ root, bin, ids, seed = 7, layers = null, scale = 0.05 }) {
+  // a layer-cut mirror lives beside the full one: <id>-l<N>/ and catalog-l<N>.json
+  const suffix = layers === null ? '' : `-l${layers}`;
   const catalog = JSON.parse(readFileSync(join(root, 'models/catalog.json'), 'utf8'));
   const inventory = JSON.parse(readFileSync(join(HUB(root), 'inventory.json'), 'utf8'));
   const out = join(root, 'out/hub-mirror');
@@ -43,7 +45,7 @@ export async function buildMirror({ root, bin, ids, seed = 7, layers = null, sca
     const entry = catalog.models.find((m) => m.id === id);
     if (!entry?.repo) throw new Error(`catalog has no hub entry ${id}`);
     const dir = inventory[entry.repo].dir;
-    const dest = join(out, id);
+    const dest = join(out, `${id}${suffix}`);
     mkdirSync(dest, { recursive: true });
     // the metadata the entry lists: verbatim, else reconstructed, else constructed
     const sources = [join(HUB(root), 'configs', dir), join(HUB(root), 'configs', dir, '_reconstructed'), join(HUB(root), 'constructed', dir)];
@@ -72,13 +74,13 @@ export async function buildMirror({ root, bin, ids, seed = 7, layers = null, sca
       const path = join(dest, f.name);
       if (!existsSync(path)) continue;
       const bytes = statSync(path).size;
-      const local = { name: f.name, url: `${id}/${f.name}`, bytes };
+      const local = { name: f.name, url: `${id}${suffix}/${f.name}`, bytes };
       if (f === weights) local.sha256 = await sha256File(path);
       files.push(local);
     }
     entries.push({ ...entry, files, note: `local mirror of ${entry.repo} at its real shape${layers ? ` (${layers} layer per tower)` : ''}, random weights (seed ${seed})` });
   }
-  const catalogPath = join(out, 'catalog.json');
+  const catalogPath = join(out, `catalog${suffix}.json`);
   writeFileSync(catalogPath, JSON.stringify({ version: 1, default: ids[0], models: entries }, null, 2));
-  return { catalogPath, entries, dir: out };
+  return { catalogPath, catalogUrl: `/out/hub-mirror/catalog${suffix}.json`, entries, dir: out, modelDir: (id) => join(out, `${id}${suffix}`) };
 }

@@ -29,13 +29,19 @@ const LOAD = async (dir, device, generation = true) => {
   };
   const bytes = async (f) => new Uint8Array(await (await fetch(`${dir}/${f}`)).arrayBuffer());
   const engine = await glimpse.Engine.create({ device });
-  const model = engine.loadModel({
-    config: await text('config.json'),
-    generationConfig: generation ? await text('generation_config.json') : undefined,
-    preprocessorConfig: await text('preprocessor_config.json'),
-    tokenizer: await bytes('tokenizer.json'),
-    weights: [await bytes('model.safetensors')],
-  }, 'f32');
+  const enc = new TextEncoder();
+  const files = {
+    'config.json': enc.encode(await text('config.json')),
+    'preprocessor_config.json': enc.encode(await text('preprocessor_config.json')),
+    'tokenizer.json': await bytes('tokenizer.json'),
+  };
+  if (generation) files['generation_config.json'] = enc.encode(await text('generation_config.json'));
+  // the weights go through the streaming loader as the worker feeds it: in pieces
+  const weights = await bytes('model.safetensors');
+  const loader = engine.beginLoad({ files, weights: [{ name: 'model.safetensors', size: weights.length }], dtype: 'f32' });
+  for (let at = 0; at < weights.length; at += 4096) loader.push(weights.subarray(at, at + 4096));
+  loader.endFile();
+  const model = loader.finish();
   return { glimpse, engine, model, bytes };
 };
 
