@@ -9,7 +9,11 @@
 //   CLI's peak RSS for the same load and caption (/usr/bin/time).
 //
 //   node bench/hub-load.mjs [--ids git-base-coco,clip-vit-base-patch32] [--devices webgpu,cpu]
-//                           [--dtype q8_0] [--json out/hub-load.json]
+//                           [--dtype q8_0] [--layers N] [--native cpu,gpu] [--json out/hub-load.json]
+//
+// --layers N cuts every tower to N layers (real widths, vocabulary and image size): a full-depth
+// caption on SwiftShader takes ~11 minutes on 2 cores. --native picks the devices of the CLI's
+// RSS column (default cpu; lavapipe at full depth takes minutes per model).
 //
 // Prints a table; --json writes the rows. Timings on SwiftShader and lavapipe are CPU emulation
 // of a GPU: compare them side by side, never read them as GPU speed. Needs pkg/ and the CLI built
@@ -33,6 +37,8 @@ const IDS = arg('ids', 'clip-vit-base-patch32,git-base-coco,git-base-vqav2,vit-g
 const DEVICES = arg('devices', 'cpu,webgpu').split(',');
 const DTYPE = arg('dtype', 'q8_0');
 const JSON_OUT = arg('json', null);
+const LAYERS = arg('layers', null) === null ? null : Number(arg('layers'));
+const NATIVE = arg('native', 'cpu').split(',').filter(Boolean);
 const BIN = existsSync(join(ROOT, 'target/release/glimpse')) ? join(ROOT, 'target/release/glimpse') : join(ROOT, 'target/debug/glimpse');
 const FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const WEBGPU = [...FLAGS, '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan'];
@@ -51,7 +57,7 @@ function serve() {
 }
 
 /** One load and first caption in the page; then a second visit's load from the store. */
-async function browserRun(base, id, device, png) {
+async function browserRun(base, catalog, id, device, png) {
   const dir = mkdtempSync(join(tmpdir(), 'glimpse-bench-'));
   const context = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args: device === 'webgpu' ? WEBGPU : FLAGS });
   try {
@@ -61,10 +67,10 @@ async function browserRun(base, id, device, png) {
     const blank = `${base}/__glimpse_bench_blank__`;
     await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>bench</title>' }));
     await page.goto(blank);
-    const task = async (second) => page.evaluate(async ({ id, device, dtype, png, second }) => {
+    const task = async (second) => page.evaluate(async ({ id, device, dtype, png, second, catalog }) => {
       const glimpse = await import('/www/glimpse.js');
       const t0 = performance.now();
-      const m = await glimpse.load(id, { device, dtype, catalog: '/out/hub-mirror/catalog.json' });
+      const m = await glimpse.load(id, { device, dtype, catalog });
       const loadMs = performance.now() - t0;
       let out = null;
       if (!second) {
@@ -77,7 +83,7 @@ async function browserRun(base, id, device, png) {
       const r = { from: m.from, loadMs, firstMs, out, peak: m.peakWasmBytes, stored: m.storedBytes, downloaded: m.downloadedBytes, params: m.params, backend: m.backend.device };
       await m.dispose();
       return r;
-    }, { id, device, dtype: DTYPE, png, second });
+    }, { id, device, dtype: DTYPE, png, second, catalog });
     const first = await task(false);
     await page.reload();
     const second = await task(true);
@@ -89,13 +95,12 @@ async function browserRun(base, id, device, png) {
 }
 
 /** The CLI's peak resident memory for the same load and one caption (GNU time), per device. */
-function rss(id, pngPath) {
+function rss(id, model, pngPath) {
   const entry = JSON.parse(readFileSync(join(ROOT, 'models/catalog.json'), 'utf8')).models.find((m) => m.id === id);
-  const model = join(ROOT, 'out/hub-mirror', id);
   const args = entry.tasks.includes('match') ? ['match', pngPath, 'a cat', 'a dog'] : entry.tasks.includes('caption')
     ? ['caption', pngPath, '--max-new-tokens', '16'] : ['ask', pngPath, 'what is in the picture?', '--max-new-tokens', '16'];
   const r = {};
-  for (const device of ['cpu', 'gpu']) {
+  for (const device of NATIVE) {
     const run = spawnSync('/usr/bin/time', ['-v', BIN, ...args, '--model', model, '--dtype', DTYPE, '--device', device],
       { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? tmpdir() } });
     const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(run.stderr ?? '');
@@ -109,20 +114,20 @@ async function main() {
   execFileSync(BIN, ['scenes', '--seed', '9000003', '--count', '1', '--size', '64', '--out', tmp]);
   const pngPath = join(tmp, 'scene-9000003.png');
   const png = [...readFileSync(pngPath)];
-  const { entries } = await buildMirror({ root: ROOT, bin: BIN, ids: IDS });
+  const { entries, catalogUrl, modelDir } = await buildMirror({ root: ROOT, bin: BIN, ids: IDS, layers: LAYERS });
   const { child, base } = await serve();
   const rows = [];
   try {
     for (const id of IDS) {
       const entry = entries.find((e) => e.id === id);
       const weights = entry.files.find((f) => /\.(bin|safetensors)$/.test(f.name));
-      const native = rss(id, pngPath);
+      const native = rss(id, modelDir(id), pngPath);
       for (const device of DEVICES) {
         process.stderr.write(`${id} on ${device}…\n`);
-        const r = await browserRun(base, id, device, png);
+        const r = await browserRun(base, catalogUrl, id, device, png);
         rows.push({ id, device: r.first.backend, weights: weights.name, fileMB: weights.bytes / MB, params: r.first.params,
           firstMs: r.first.firstMs, loadMs: r.first.loadMs, peakWasmMiB: r.first.peak / MiB, storedMB: r.first.stored / MB,
-          secondLoadMs: r.second.loadMs, secondFrom: r.second.from, nativeRssCpuMiB: native.cpu / MiB, nativeRssGpuMiB: native.gpu / MiB,
+          secondLoadMs: r.second.loadMs, secondFrom: r.second.from, nativeRssCpuMiB: native.cpu ? native.cpu / MiB : null, nativeRssGpuMiB: native.gpu ? native.gpu / MiB : null,
           output: r.first.out });
         process.stderr.write(`${JSON.stringify(rows.at(-1))}\n`);
       }
@@ -131,10 +136,12 @@ async function main() {
     child.kill();
     rmSync(tmp, { recursive: true, force: true });
   }
+  const depth = LAYERS === null ? 'full depth' : `${LAYERS} layer(s) per tower, real widths`;
+  console.log(`${DTYPE}, ${depth}, 16 new tokens (CLIP: 5 labels)`);
   const head = '| model | device | weights | file MB | download → first caption | peak wasm MiB (load) | stored GGUF MB | second visit load | native RSS MiB (cpu / lavapipe) |';
   const lines = [head, '|---|---|---|---:|---:|---:|---:|---:|---:|'];
   for (const r of rows) {
-    lines.push(`| ${r.id} | ${r.device === 'webgpu' ? 'WebGPU (SwiftShader)' : 'CPU (wasm)'} | ${r.weights} | ${r.fileMB.toFixed(0)} | ${(r.firstMs / 1000).toFixed(1)} s (load ${(r.loadMs / 1000).toFixed(1)} s) | ${r.peakWasmMiB.toFixed(0)} | ${r.storedMB.toFixed(0)} | ${(r.secondLoadMs / 1000).toFixed(1)} s (${r.secondFrom}) | ${r.nativeRssCpuMiB.toFixed(0)} / ${r.nativeRssGpuMiB.toFixed(0)} |`);
+    lines.push(`| ${r.id} | ${r.device === 'webgpu' ? 'WebGPU (SwiftShader)' : 'CPU (wasm)'} | ${r.weights} | ${r.fileMB.toFixed(0)} | ${(r.firstMs / 1000).toFixed(1)} s (load ${(r.loadMs / 1000).toFixed(1)} s) | ${r.peakWasmMiB.toFixed(0)} | ${r.storedMB.toFixed(0)} | ${(r.secondLoadMs / 1000).toFixed(1)} s (${r.secondFrom}) | ${r.nativeRssCpuMiB?.toFixed(0) ?? '–'} / ${r.nativeRssGpuMiB?.toFixed(0) ?? '–'} |`);
   }
   console.log(lines.join('\n'));
   if (JSON_OUT) writeFileSync(JSON_OUT, JSON.stringify(rows, null, 2));

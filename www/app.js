@@ -20,6 +20,11 @@ const params = new URLSearchParams(location.search);
 const device = params.get('device') ?? 'auto';
 const catalogUrl = new URL(params.get('catalog') ?? glimpse.CATALOG_URL, location.href).href;
 const MAX_RECENT = 8;
+// ?max_new_tokens=N: shorter (or longer) captions and answers than the model's default
+const maxNewTokens = (() => {
+  const n = Number(params.get('max_new_tokens'));
+  return Number.isInteger(n) && n > 0 ? n : undefined;
+})();
 
 const state = {
   catalog: null,
@@ -392,6 +397,7 @@ async function stream(el, run) {
   el.textContent = '…';
   try {
     const out = await run({
+      ...(maxNewTokens ? { maxNewTokens } : {}),
       signal: ctl.signal,
       onToken: ({ text }) => {
         el.textContent = text;

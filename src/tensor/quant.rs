@@ -117,13 +117,24 @@ pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
 /// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`:
 /// each block's 32 products summed in f32, scaled by the block's d, the blocks summed in order.
 /// The same sums on every platform.
-pub fn gemv(x: &[f32], rows: usize, w: &[u8], n: usize, k: usize, dtype: DType) -> Result<Vec<f32>> {
+pub fn gemv(
+    x: &[f32],
+    rows: usize,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    dtype: DType,
+) -> Result<Vec<f32>> {
     let bb = block_bytes(dtype)?;
     let bpr = k / BLOCK;
     if w.len() != n * bpr * bb || x.len() != rows * k {
         return Err(Error::shape(
             "linear",
-            format!("quantized weight of {} bytes is not [{n}, {k}] {}", w.len(), dtype.name()),
+            format!(
+                "quantized weight of {} bytes is not [{n}, {k}] {}",
+                w.len(),
+                dtype.name()
+            ),
         ));
     }
     let mut y = vec![0f32; rows * n];
@@ -235,7 +246,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect()
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect()
     }
 
     #[test]
@@ -246,9 +259,18 @@ mod tests {
             (DType::Q8_0, candle_core::quantized::GgmlDType::Q8_0),
             (DType::Q4_0, candle_core::quantized::GgmlDType::Q4_0),
         ] {
-            let t = candle_core::Tensor::from_slice(&v, (6, 64), &candle_core::Device::Cpu).unwrap();
-            let theirs = candle_core::quantized::QTensor::quantize(&t, g).unwrap().data().unwrap().into_owned();
-            assert_eq!(quantize("w", &v, &[6, 64], dtype).unwrap(), theirs, "{dtype:?}");
+            let t =
+                candle_core::Tensor::from_slice(&v, (6, 64), &candle_core::Device::Cpu).unwrap();
+            let theirs = candle_core::quantized::QTensor::quantize(&t, g)
+                .unwrap()
+                .data()
+                .unwrap()
+                .into_owned();
+            assert_eq!(
+                quantize("w", &v, &[6, 64], dtype).unwrap(),
+                theirs,
+                "{dtype:?}"
+            );
         }
     }
 
@@ -270,7 +292,9 @@ mod tests {
     fn gemv_is_the_dequantized_product() {
         let (n, k, rows) = (5, 96, 3);
         let w = data(n * k);
-        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
         for dtype in [DType::Q8_0, DType::Q4_0] {
             let q = quantize("w", &w, &[n, k], dtype).unwrap();
             let deq = dequantize_blocks(&q, dtype).unwrap();
@@ -278,7 +302,10 @@ mod tests {
             for r in 0..rows {
                 for j in 0..n {
                     let want: f32 = (0..k).map(|i| x[r * k + i] * deq[j * k + i]).sum();
-                    assert!((y[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0), "{dtype:?}");
+                    assert!(
+                        (y[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{dtype:?}"
+                    );
                 }
             }
         }
