@@ -134,20 +134,36 @@ fn a_model_from_each_real_config_loads_and_generates_on_cpu_and_gpu() {
         cut_layers(&mut config, 1);
         let config = config.to_string();
         meta.insert("config.json".into(), config.clone().into_bytes());
+        let t0 = std::time::Instant::now();
         let bin = random_checkpoint(&config, 7, 0.05, Format::Torch).unwrap();
+        eprintln!("{dir}: checkpoint {:.1}s", t0.elapsed().as_secs_f32());
         let files = ModelFiles {
             meta,
             weights: vec![("pytorch_model.bin".into(), bin)],
             index: None,
         };
         let mut outputs = Vec::new();
-        for (d, dtype) in [
-            (cpu(), DType::F32),
-            (gpu(), DType::F32),
-            (gpu(), DType::Q8_0),
-        ] {
+        // lavapipe runs these ~50x slower than the CPU (tens of seconds per model): the GPU runs
+        // f32 for each architecture and image size once, q8_0 where it is cheap. git-base-vqav2
+        // is git-base-coco's architecture at 480 px (901 image tokens, ~95 s per run there), so
+        // it runs on the CPU only; the browser hub test runs git-base-coco as q8_0 on WebGPU.
+        let mut runs = vec![(cpu(), DType::F32)];
+        if dir.starts_with("nlpconnect") {
+            // GPT-2's wte (50257 × 768 f32, 147 MiB) is over a phone's 128 MiB binding: split
+            // across buffers, its embedding lookup and the tied LM head must still give the
+            // CPU's ids (issue 10)
+            runs.push((gpu_128mib(), DType::F32));
+        } else if *dir != "microsoft__git-base-vqav2" {
+            runs.push((gpu(), DType::F32));
+        }
+        if dir.starts_with("nlpconnect") || dir.starts_with("openai") {
+            runs.push((gpu(), DType::Q8_0));
+        }
+        for (d, dtype) in runs {
+            let t0 = std::time::Instant::now();
             let p =
                 Pipeline::load(&files, &d, dtype).unwrap_or_else(|e| panic!("{dir} on {d:?}: {e}"));
+            let t1 = t0.elapsed().as_secs_f32();
             let prepared = p.prepare_image(&image).unwrap();
             let mut opts = p.default_options();
             opts.max_new_tokens = 4;
@@ -178,12 +194,18 @@ fn a_model_from_each_real_config_loads_and_generates_on_cpu_and_gpu() {
                 .unwrap(),
             };
             assert!(!out.is_empty(), "{dir} on {d:?}");
+            eprintln!(
+                "{dir} {d:?} {}: load {t1:.1}s, run {:.1}s",
+                dtype.name(),
+                t0.elapsed().as_secs_f32() - t1
+            );
             outputs.push((format!("{d:?} {}", dtype.name()), out));
         }
         // f32 on the CPU and the GPU agree: the same ids, CLIP's scores to 1e-4 (real widths,
         // random weights: logits differ by ~1e-6, far below the gaps between the top tokens)
-        let (a, b) = (&outputs[0].1, &outputs[1].1);
-        assert_close(&format!("{dir}: cpu vs gpu"), b, a, 1e-4, 0.0);
+        if let Some((_, b)) = outputs.get(1) {
+            assert_close(&format!("{dir}: cpu vs gpu"), b, &outputs[0].1, 1e-4, 0.0);
+        }
     }
 }
 

@@ -16,6 +16,20 @@ pub fn gpu() -> Device {
     Device::Gpu(ctx.clone())
 }
 
+/// A GPU context that allows 128 MiB per storage binding, as phone GPUs do (lavapipe's own limit;
+/// a real GPU offers more): weights larger than that must be split across buffers.
+pub fn gpu_128mib() -> Device {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    let ctx = CTX.get_or_init(|| {
+        let opts = GpuOptions {
+            max_storage_buffer_binding_size: Some(128 << 20),
+        };
+        pollster::block_on(GpuContext::new(&opts)).unwrap_or_else(|e| panic!("GPU: {e}"))
+    });
+    assert!(ctx.summary().max_storage_buffer_binding_size <= 128 << 20);
+    Device::Gpu(ctx.clone())
+}
+
 pub fn cpu() -> Device {
     Device::Cpu
 }
