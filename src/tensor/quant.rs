@@ -170,7 +170,7 @@ pub fn gemv(
 pub fn pack_for_gpu(raw: &[u8], dtype: DType) -> Result<Vec<u32>> {
     let bb = block_bytes(dtype)?;
     let qwords = if dtype == DType::Q8_0 { 8usize } else { 4 };
-    if raw.len() % bb != 0 {
+    if !raw.len().is_multiple_of(bb) {
         return Err(Error::Invalid(format!(
             "quantized data of {} bytes is not whole {bb}-byte blocks",
             raw.len(),
