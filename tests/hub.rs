@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use glimpse::io::checkpoint::{random_checkpoint, Format};
+use glimpse::io::checkpoint::{cut_layers, random_checkpoint, Format};
 use glimpse::pipeline::{ModelFiles, ModelSpec, Pipeline, Task};
 use glimpse::DType;
 
@@ -206,20 +206,5 @@ fn a_model_from_each_real_config_loads_and_generates_on_cpu_and_gpu() {
         if let Some((_, b)) = outputs.get(1) {
             assert_close(&format!("{dir}: cpu vs gpu"), b, &outputs[0].1, 1e-4, 0.0);
         }
-    }
-}
-
-fn cut_layers(v: &mut serde_json::Value, n: u64) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                match x.as_u64() {
-                    Some(c) if k == "num_hidden_layers" || k == "n_layer" => *x = c.min(n).into(),
-                    _ => cut_layers(x, n),
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| cut_layers(x, n)),
-        _ => {}
     }
 }

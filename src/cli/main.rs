@@ -260,22 +260,6 @@ fn load_pipeline(m: &ModelArgs) -> anyhow::Result<Pipeline> {
     })
 }
 
-/// Cuts every layer count of a config (num_hidden_layers, n_layer) to at most `n`.
-fn cut_layers(v: &mut serde_json::Value, n: u64) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                match x.as_u64() {
-                    Some(c) if k == "num_hidden_layers" || k == "n_layer" => *x = c.min(n).into(),
-                    _ => cut_layers(x, n),
-                }
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| cut_layers(x, n)),
-        _ => {}
-    }
-}
-
 /// The files of `--model`, or of the embedded default model.
 fn model_files(dir: Option<&std::path::Path>) -> anyhow::Result<ModelFiles> {
     match dir {
@@ -655,7 +639,7 @@ fn main() -> anyhow::Result<()> {
             let mut v: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", config.display()))?;
             if let Some(n) = layers {
-                cut_layers(&mut v, n);
+                glimpse::io::checkpoint::cut_layers(&mut v, n);
             }
             let text = serde_json::to_string_pretty(&v)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;

@@ -112,3 +112,20 @@ pub fn random_checkpoint(
     )?
     .into_inner())
 }
+
+/// Cuts every layer count of a config (`num_hidden_layers`, `n_layer`, in nested configs too) to
+/// at most `n`: a model at real widths with fewer layers, for tests and benchmarks.
+pub fn cut_layers(v: &mut serde_json::Value, n: u64) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.as_u64() {
+                    Some(c) if k == "num_hidden_layers" || k == "n_layer" => *x = c.min(n).into(),
+                    _ => cut_layers(x, n),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| cut_layers(x, n)),
+        _ => {}
+    }
+}

@@ -90,6 +90,15 @@ export async function launchPersistent(args, { viewport = { width: 1280, height:
   const context = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args, viewport });
   browsers.push({ close: async () => { await context.close(); rmSync(dir, { recursive: true, force: true }); } });
   const page = context.pages()[0] ?? (await context.newPage());
+  const problems = watch(page, allowConsole);
+  return { context, page, problems };
+}
+
+/**
+ * Records a page's console errors, uncaught errors and crashes. `allowConsole` matches console
+ * errors a test expects; anything that looks like a trap or panic is never allowed.
+ */
+function watch(page, allowConsole) {
   const problems = [];
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
@@ -99,7 +108,7 @@ export async function launchPersistent(args, { viewport = { width: 1280, height:
   });
   page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
   page.on('crash', () => problems.push('the page crashed'));
-  return { context, page, problems };
+  return problems;
 }
 
 export async function launch(args) {
@@ -116,15 +125,7 @@ export async function launch(args) {
 export async function newPage(browser, { viewport = { width: 1280, height: 900 }, allowConsole = null } = {}) {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
-  const problems = [];
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const text = msg.text();
-    if (allowConsole && allowConsole.test(text) && !TRAP.test(text)) return;
-    problems.push(`console.error: ${text}`);
-  });
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('crash', () => problems.push('the page crashed'));
+  const problems = watch(page, allowConsole);
   return { page, problems, context };
 }
 

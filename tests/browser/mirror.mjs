@@ -60,6 +60,12 @@ export async function buildMirror({ root, bin, ids, seed = 7, layers = null, sca
       }
       copyFileSync(from, join(dest, f.name));
     }
+    // a cut mirror's config says its cut depth (as `glimpse checkpoint --layers` writes it), also
+    // when the weights are kept from an earlier run
+    if (layers !== null) {
+      const path = join(dest, 'config.json');
+      writeFileSync(path, JSON.stringify(cutLayers(JSON.parse(readFileSync(path, 'utf8')), layers), null, 2));
+    }
     const stamp = join(dest, '.weights.json');
     const want = JSON.stringify({ seed, layers, scale, format: weights.name });
     if (!existsSync(stamp) || readFileSync(stamp, 'utf8') !== want || !existsSync(join(dest, weights.name))) {
@@ -83,4 +89,12 @@ export async function buildMirror({ root, bin, ids, seed = 7, layers = null, sca
   const catalogPath = join(out, `catalog${suffix}.json`);
   writeFileSync(catalogPath, JSON.stringify({ version: 1, default: ids[0], models: entries }, null, 2));
   return { catalogPath, catalogUrl: `/out/hub-mirror/catalog${suffix}.json`, entries, dir: out, modelDir: (id) => join(out, `${id}${suffix}`) };
+}
+
+/** Every `num_hidden_layers` / `n_layer` in a config, at most `n` (tests/hub.rs cuts the same). */
+function cutLayers(v, n) {
+  if (Array.isArray(v)) return v.map((x) => cutLayers(x, n));
+  if (v === null || typeof v !== 'object') return v;
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k,
+    (k === 'num_hidden_layers' || k === 'n_layer') && typeof x === 'number' ? Math.min(x, n) : cutLayers(x, n)]));
 }
