@@ -155,7 +155,26 @@ const warn = (id, text) => {
 
 const SMALL = ['config.json', 'generation_config.json', 'preprocessor_config.json', 'tokenizer.json',
   'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.txt', 'vocab.json', 'merges.txt'];
+// a folder's weights, in the CLI's order of preference
+const WEIGHT_FILES = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'];
 const isWeights = (n) => /\.(safetensors|bin|gguf)$/.test(n);
+const reporter = (id) => (p) => id !== null && post({ id, progress: p });
+const catalogKey = (catalogUrl, id, dtype) => `catalog:${catalogUrl.href}#${id}@${dtype}`;
+
+/**
+ * A file at `href`: fetched whole (`get`; `optional`: only a 404 means absent), streamed, or read
+ * in ranges. `expect`: the catalog's {bytes, sha256}, checked as the bytes arrive.
+ */
+function remoteFile(href, name, report, { expect = {}, optional = false } = {}) {
+  return {
+    name,
+    size: expect.bytes ?? null,
+    sha256: expect.sha256 ?? null,
+    get: () => store.fetchBytes(href, name, { expect, optional, onProgress: report }),
+    stream: () => store.openStream(href, name, expect),
+    range: (start, end) => store.fetchRange(href, name, start, end),
+  };
+}
 
 /**
  * What a source is made of: {key, fingerprint, small: [{name, get}], weights: [{name, size,
@@ -163,16 +182,9 @@ const isWeights = (n) => /\.(safetensors|bin|gguf)$/.test(n);
  * never stored, e.g. picked files). Nothing big is fetched here.
  */
 async function describe(source, dtype, id) {
-  const report = (p) => id !== null && post({ id, progress: p });
+  const report = reporter(id);
   // a catalog lists only files its repo has: each must arrive
-  const remote = (href, name, expect = {}) => ({
-    name,
-    size: expect.bytes ?? null,
-    sha256: expect.sha256 ?? null,
-    get: () => store.fetchBytes(href, name, { expect, onProgress: report }),
-    stream: () => store.openStream(href, name, expect),
-    range: (start, end) => store.fetchRange(href, name, start, end),
-  });
+  const remote = (href, name, expect = {}) => remoteFile(href, name, report, { expect });
   if (source.files) {
     const files = Array.from(source.files);
     const local = (f) => ({
@@ -215,7 +227,7 @@ async function describe(source, dtype, id) {
     } catch (e) {
       // offline, with a catalog the service worker does not hold: a kept copy of the model
       // serves without checking it against the catalog
-      const key = `catalog:${catalogUrl.href}#${source.catalog}@${dtype}`;
+      const key = catalogKey(catalogUrl, source.catalog, dtype);
       return { key, anyFingerprint: true, offline: `catalog.json could not be fetched (${messageOf(e)})` };
     }
     if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status} from ${catalogUrl}`);
@@ -227,7 +239,7 @@ async function describe(source, dtype, id) {
     const wanted = gguf ? [gguf] : files.filter((f) => !f.name.endsWith('.gguf'));
     const fingerprint = await store.sha256Hex(new TextEncoder().encode(JSON.stringify(wanted)));
     return {
-      key: `catalog:${catalogUrl.href}#${entry.id}@${dtype}`,
+      key: catalogKey(catalogUrl, entry.id, dtype),
       name: entry.name ?? entry.id,
       fingerprint,
       small: wanted.filter((f) => SMALL.includes(f.name)).map((f) => remote(f.href, f.name, f)),
@@ -246,36 +258,19 @@ async function describe(source, dtype, id) {
 
 /** For a folder URL: its small files (404 = absent, anything else is an error), then which weights it has. */
 async function probeFolder(d, id) {
-  const report = (p) => id !== null && post({ id, progress: p });
-  const at = (n) => new URL(n, d.base).href;
+  const report = reporter(id);
   // only config.json and preprocessor_config.json must exist; for the others only a 404 means
   // "absent" (any other failure is an error that says so)
-  const remote = (name) => ({
-    name,
-    size: null,
-    sha256: null,
-    get: () => store.fetchBytes(at(name), name, {
-      optional: name !== 'config.json' && name !== 'preprocessor_config.json',
-      onProgress: report,
-    }),
-    stream: () => store.openStream(at(name), name),
-    range: (start, end) => store.fetchRange(at(name), name, start, end),
-  });
-  d.small = SMALL.map(remote);
+  d.small = SMALL.map((name) => remoteFile(new URL(name, d.base).href, name, report,
+    { optional: name !== 'config.json' && name !== 'preprocessor_config.json' }));
   return d;
 }
 
 async function probeWeights(d, id) {
-  const report = (p) => id !== null && post({ id, progress: p });
+  const report = reporter(id);
   const at = (n) => new URL(n, d.base).href;
-  const remote = (name) => ({
-    name,
-    size: null,
-    sha256: null,
-    stream: () => store.openStream(at(name), name),
-    range: (start, end) => store.fetchRange(at(name), name, start, end),
-  });
-  for (const w of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json']) {
+  const remote = (name) => remoteFile(at(name), name, report);
+  for (const w of WEIGHT_FILES) {
     if (await store.exists(at(w))) {
       if (w.endsWith('.index.json')) {
         d.shardIndex = await store.fetchBytes(at(w), w, { onProgress: report });
@@ -291,7 +286,7 @@ async function probeWeights(d, id) {
 
 /** Which of `names` are the weights (the same order of preference as glimpse's CLI). */
 function pickWeights(names) {
-  for (const w of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json']) {
+  for (const w of WEIGHT_FILES) {
     if (names.includes(w)) return w.endsWith('.index.json') ? { index: w } : { files: [w] };
   }
   const ggufs = names.filter((n) => n.endsWith('.gguf'));
@@ -314,7 +309,7 @@ async function loadModel(source, dtype, id, keep = true) {
   const t0 = performance.now();
   const wasmBefore = memoryBytes();
   let d = await describe(source, dtype, id);
-  const report = (p) => id !== null && post({ id, progress: p });
+  const report = reporter(id);
   let downloaded = 0;
   let from = source.files ? 'files' : 'network';
   let stored = null;

@@ -1,6 +1,6 @@
 //! The CPU path: the same ops on candle-core. Shapes were checked by `Tensor`; these functions
-//! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights use candle's
-//! quantized matmul (which also quantizes the activations to 8 bits, as ggml does).
+//! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply f32
+//! activations by their dequantized blocks (`quantized_linear`, `tensor::quant`).
 
 use candle_core::{DType as CDType, Tensor as CT, D};
 

@@ -97,21 +97,43 @@ pub fn quantize(name: &str, data: &[f32], shape: &[usize], dtype: DType) -> Resu
     quantize_blocks(data, dtype)
 }
 
-/// f32 values of ggml blocks of `dtype`.
-pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
-    let bb = block_bytes(dtype)?;
-    let mut out = Vec::with_capacity(bytes.len() / bb * BLOCK);
-    for blk in bytes.chunks_exact(bb) {
-        let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        let q = &blk[2..];
-        if dtype == DType::Q8_0 {
-            out.extend(q.iter().map(|&v| (v as i8) as f32 * d));
-        } else {
-            out.extend(q.iter().map(|&v| ((v & 0xf) as f32 - 8.0) * d));
-            out.extend(q.iter().map(|&v| ((v >> 4) as f32 - 8.0) * d));
+/// The 32 quants of one block as f32, unscaled: q8_0's signed bytes, or q4_0's low nibbles
+/// then high nibbles, each minus 8. `qs` is the block without its scale.
+fn quants(qs: &[u8], q8: bool, q: &mut [f32; BLOCK]) {
+    if q8 {
+        for (t, &v) in q.iter_mut().zip(qs) {
+            *t = (v as i8) as f32;
+        }
+    } else {
+        for i in 0..BLOCK / 2 {
+            q[i] = (qs[i] & 0xf) as f32 - 8.0;
+            q[i + BLOCK / 2] = (qs[i] >> 4) as f32 - 8.0;
         }
     }
-    Ok(out)
+}
+
+/// The scale of a ggml block (its first two bytes, f16).
+fn scale(blk: &[u8]) -> f32 {
+    half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
+}
+
+/// f32 values of ggml q8_0 (`q8`) or q4_0 blocks; a trailing partial block is ignored.
+pub fn dequantize_ggml(bytes: &[u8], q8: bool) -> Vec<f32> {
+    let bb = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
+    let mut out = Vec::with_capacity(bytes.len() / bb * BLOCK);
+    let mut q = [0f32; BLOCK];
+    for blk in bytes.chunks_exact(bb) {
+        let d = scale(blk);
+        quants(&blk[2..], q8, &mut q);
+        out.extend(q.iter().map(|&v| v * d));
+    }
+    out
+}
+
+/// f32 values of ggml blocks of `dtype`.
+pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
+    block_bytes(dtype)?;
+    Ok(dequantize_ggml(bytes, dtype == DType::Q8_0))
 }
 
 /// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`:
@@ -141,18 +163,8 @@ pub fn gemv(
     let mut q = [0f32; BLOCK];
     for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
         for (b, blk) in wrow.chunks_exact(bb).enumerate() {
-            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let qs = &blk[2..];
-            if dtype == DType::Q8_0 {
-                for (t, &v) in q.iter_mut().zip(qs) {
-                    *t = (v as i8) as f32;
-                }
-            } else {
-                for i in 0..BLOCK / 2 {
-                    q[i] = (qs[i] & 0xf) as f32 - 8.0;
-                    q[i + BLOCK / 2] = (qs[i] >> 4) as f32 - 8.0;
-                }
-            }
+            let d = scale(blk);
+            quants(&blk[2..], dtype == DType::Q8_0, &mut q);
             for r in 0..rows {
                 let xs = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
                 let mut s = 0f32;
@@ -204,19 +216,15 @@ pub fn unpack_from_gpu(words: &[u32], numel: usize, dtype: DType) -> Result<Vec<
             let nblocks = numel / BLOCK;
             let qwords = if dtype == DType::Q8_0 { 8 } else { 4 };
             let mut out = Vec::with_capacity(numel);
+            let mut q = [0f32; BLOCK];
             for b in 0..nblocks {
                 let d = f32::from_bits(words[nblocks * qwords + b]);
                 let bytes: Vec<u8> = words[b * qwords..(b + 1) * qwords]
                     .iter()
                     .flat_map(|w| w.to_le_bytes())
                     .collect();
-                if dtype == DType::Q8_0 {
-                    out.extend(bytes.iter().map(|&q| (q as i8) as f32 * d));
-                } else {
-                    let lo = bytes.iter().map(|&q| ((q & 0xf) as f32 - 8.0) * d);
-                    let hi = bytes.iter().map(|&q| ((q >> 4) as f32 - 8.0) * d);
-                    out.extend(lo.chain(hi));
-                }
+                quants(&bytes, dtype == DType::Q8_0, &mut q);
+                out.extend(q.iter().map(|&v| v * d));
             }
             Ok(out)
         }

@@ -181,24 +181,8 @@ pub fn decode(src: SrcType, bytes: &[u8]) -> Vec<f32> {
                 f64::from_le_bytes(a) as f32
             })
             .collect(),
-        SrcType::Q8_0 => {
-            let mut out = Vec::with_capacity(bytes.len() / 34 * 32);
-            for blk in bytes.chunks_exact(34) {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                out.extend(blk[2..].iter().map(|&q| (q as i8) as f32 * d));
-            }
-            out
-        }
-        SrcType::Q4_0 => {
-            let mut out = Vec::with_capacity(bytes.len() / 18 * 32);
-            for blk in bytes.chunks_exact(18) {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let q = &blk[2..];
-                out.extend(q.iter().map(|&b| ((b & 0xf) as f32 - 8.0) * d));
-                out.extend(q.iter().map(|&b| ((b >> 4) as f32 - 8.0) * d));
-            }
-            out
-        }
+        SrcType::Q8_0 => crate::tensor::quant::dequantize_ggml(bytes, true),
+        SrcType::Q4_0 => crate::tensor::quant::dequantize_ggml(bytes, false),
     }
 }
 
