@@ -289,6 +289,7 @@ pub async fn bench_model(
         no_repeat_ngram_size: 0,
         eos_token_ids: vec![],
         yield_each_token: false,
+        max_kv_bytes: crate::pipeline::MAX_KV_BYTES,
     };
     let t0 = now_ms();
     let mut row = ModelBenchRow {

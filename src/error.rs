@@ -74,6 +74,27 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// A stable machine-readable name of the kind of error (the browser API's `error.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Shape { .. } => "shape",
+            Error::DType { .. } => "dtype",
+            Error::DeviceMismatch { .. } => "device-mismatch",
+            Error::NoAdapter(_) => "no-adapter",
+            Error::MissingLimit { .. } => "missing-limit",
+            Error::BindingTooLarge { .. } => "binding-too-large",
+            Error::RequestDevice(_) => "request-device",
+            Error::Gpu(_) => "gpu",
+            Error::DeviceLost(_) => "device-lost",
+            Error::Cpu(_) => "cpu",
+            Error::Image(_) => "image",
+            Error::Config(_) => "config",
+            Error::Weights(_) => "weights",
+            Error::Tokenizer(_) => "tokenizer",
+            Error::Invalid(_) => "invalid",
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {
             op,

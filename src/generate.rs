@@ -47,6 +47,9 @@ pub struct GenerateOptions {
     /// cancel message in the middle of a generation (on WebGPU the readbacks already do; the
     /// CPU path would otherwise run to the end without yielding). No effect natively.
     pub yield_each_token: bool,
+    /// The most key/value cache this request may hold (all layers and beams); a request over it
+    /// is refused before anything is allocated. Default [`crate::pipeline::MAX_KV_BYTES`].
+    pub max_kv_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +59,61 @@ pub enum EarlyStopping {
     Never,
 }
 
+/// The most beams one request may ask for (each beam holds its own KV cache and logits row).
+pub const MAX_BEAMS: usize = 16;
+/// The most new tokens one request may ask for; the model's text positions bound it too.
+pub const MAX_NEW_TOKENS: usize = 4096;
+
 impl GenerateOptions {
+    /// Checks the options before anything is allocated from them: counts within their caps,
+    /// sampling parameters in their ranges. Errors name the option as transformers does.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Invalid(what));
+        if self.num_beams == 0 || self.num_beams > MAX_BEAMS {
+            return bad(format!(
+                "num_beams = {} must be between 1 and {MAX_BEAMS}",
+                self.num_beams
+            ));
+        }
+        if self.max_new_tokens == 0 || self.max_new_tokens > MAX_NEW_TOKENS {
+            return bad(format!(
+                "max_new_tokens = {} must be between 1 and {MAX_NEW_TOKENS}",
+                self.max_new_tokens
+            ));
+        }
+        if self.min_new_tokens > self.max_new_tokens {
+            return bad(format!(
+                "min_new_tokens = {} is more than max_new_tokens = {}",
+                self.min_new_tokens, self.max_new_tokens
+            ));
+        }
+        if self.do_sample && !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!(
+                "temperature = {} must be a number > 0",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p = {} must be in (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty = {} must be a number > 0",
+                self.repetition_penalty
+            ));
+        }
+        if !self.length_penalty.is_finite() {
+            return bad(format!(
+                "length_penalty = {} must be a finite number",
+                self.length_penalty
+            ));
+        }
+        if self.num_beams > 1 && self.do_sample {
+            return bad("beam sampling is not supported: use num_beams = 1 with sampling".into());
+        }
+        Ok(())
+    }
+
     pub fn from_config(g: &GenerationConfig) -> GenerateOptions {
         let early_stopping = match &g.early_stopping {
             Some(serde_json::Value::Bool(true)) => EarlyStopping::True,
@@ -64,6 +121,7 @@ impl GenerateOptions {
             _ => EarlyStopping::False,
         };
         GenerateOptions {
+            max_kv_bytes: crate::pipeline::MAX_KV_BYTES,
             max_new_tokens: g.max_new_tokens.unwrap_or(20),
             min_new_tokens: g.min_new_tokens.unwrap_or(0),
             num_beams: g.num_beams.unwrap_or(1),
@@ -112,9 +170,11 @@ async fn yield_now() {
     }
 }
 
-/// Called with each new token (greedy and sampling; beam search reports its final sequence);
-/// returning false cancels generation after that token.
-pub type OnToken<'a> = dyn FnMut(u32) -> bool + 'a;
+/// Called after each step with the new tokens so far (after the prompt): greedy and sampling
+/// append one token a step; beam search reports its best running beam each step (which may
+/// differ from the previous step's) and the chosen sequence at the end. Returning false
+/// cancels generation; what was generated so far is returned.
+pub type OnToken<'a> = dyn FnMut(&[u32]) -> bool + 'a;
 
 /// Generates after `prompt`, which the decoder has not seen yet. Returns prompt + new tokens
 /// (EOS included when reached), as transformers' `generate` does.
@@ -129,15 +189,8 @@ pub async fn generate(
             "generation needs at least one prompt token (BOS)".into(),
         ));
     }
-    if opts.num_beams == 0 {
-        return Err(Error::Invalid("num_beams must be at least 1".into()));
-    }
+    opts.check()?;
     if opts.num_beams > 1 {
-        if opts.do_sample {
-            return Err(Error::Invalid(
-                "beam sampling is not supported: use num_beams = 1 with sampling".into(),
-            ));
-        }
         return beam_search(dec, prompt, opts, on_token).await;
     }
     let mut seq = prompt.to_vec();
@@ -160,7 +213,7 @@ pub async fn generate(
         if opts.yield_each_token {
             yield_now().await;
         }
-        let go_on = on_token(next);
+        let go_on = on_token(&seq[prompt.len()..]);
         if opts.eos_token_ids.contains(&next) || !go_on || step + 1 == opts.max_new_tokens {
             break;
         }
@@ -352,6 +405,13 @@ async fn beam_search(
         running = new_running;
         running_scores = new_scores;
         cur_len += 1;
+        if opts.yield_each_token {
+            yield_now().await;
+        }
+        // the best running beam so far (the finished hypotheses compete with it at the end)
+        if !on_token(&running[0][prompt_len..]) {
+            return Ok(running.swap_remove(0));
+        }
 
         let best_len = if opts.early_stopping == EarlyStopping::Never && lp > 0.0 {
             max_length - prompt_len
@@ -380,10 +440,6 @@ async fn beam_search(
         .map(|f| f.0)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| running[0].clone());
-    for &t in &best[prompt_len..] {
-        if !on_token(t) {
-            break;
-        }
-    }
+    on_token(&best[prompt_len..]);
     Ok(best)
 }

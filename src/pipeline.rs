@@ -120,6 +120,28 @@ pub struct ModelSpec {
     generation: GenerationConfig,
 }
 
+/// The most key/value cache one generation request may hold by default (all layers and beams,
+/// f32; `GenerateOptions::max_kv_bytes`): a request over it (many beams × many new tokens) is
+/// refused before anything is allocated. 1 GiB: git-base with 16 beams × 1024 positions.
+pub const MAX_KV_BYTES: u64 = 1 << 30;
+/// The longest prompt or question text, in UTF-8 bytes, glimpse tokenizes; every model's text
+/// positions hold far fewer tokens than this, so a longer text is refused before tokenizing.
+pub const MAX_PROMPT_BYTES: usize = 64 << 10;
+
+/// Tokenizes a user's text (a prompt, a question, a label) after checking its length.
+fn encode_text(tokenizer: &Tokenizer, what: &str, text: &str, special: bool) -> Result<Vec<u32>> {
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(Error::Invalid(format!(
+            "the {what} is {} bytes long; glimpse reads at most {MAX_PROMPT_BYTES} bytes (no model here holds more than a few hundred tokens)",
+            text.len()
+        )));
+    }
+    tokenizer.encode(text, special)
+}
+
+/// The most texts one CLIP request may match an image against (they run as one batch).
+pub const MAX_TEXTS: usize = 256;
+
 /// The architectures glimpse runs.
 pub const ARCHITECTURES: &str = "GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel";
 
@@ -714,7 +736,7 @@ impl Pipeline {
         }
         let mut ids = vec![self.start_token()?];
         if let Some(p) = prompt {
-            ids.extend(self.tokenizer.encode(p, false)?);
+            ids.extend(encode_text(&self.tokenizer, "prompt", p, false)?);
         }
         self.run(image, ids, None, opts, on_text).await
     }
@@ -734,7 +756,7 @@ impl Pipeline {
             // GIT: the question is the prefix of the text the decoder continues
             Model::Git(_) => {
                 let mut ids = vec![self.start_token()?];
-                ids.extend(self.tokenizer.encode(question, false)?);
+                ids.extend(encode_text(&self.tokenizer, "question", question, false)?);
                 self.run(image, ids, None, opts, on_text).await
             }
             // BLIP VQA: the question goes through the text encoder; the answer starts at BOS
@@ -763,6 +785,7 @@ impl Pipeline {
             Model::Blip(b) => b.max_positions(),
             Model::Clip(_) => return Err(self.not_generative()),
         };
+        opts.check()?;
         if prompt.len() + opts.max_new_tokens > room {
             return Err(Error::Invalid(format!(
                 "the prompt is {} tokens and {} new tokens were asked for; this model holds {room} text positions",
@@ -772,16 +795,43 @@ impl Pipeline {
         }
         // the KV caches hold what this request needs (they grow if it ever needs more)
         let text = prompt.len() + opts.max_new_tokens;
-        let mut new_ids: Vec<u32> = Vec::new();
+        let (layers, width, prefix) = match (&self.model, image) {
+            (Model::Git(g), PreparedImage::Git(p)) => (
+                g.cfg.num_hidden_layers,
+                g.cfg.hidden_size,
+                p.num_image_tokens,
+            ),
+            (Model::VisionEncoderDecoder(m), _) => (m.decoder_layers(), m.decoder_width(), 0),
+            (Model::Blip(b), _) => (
+                b.cfg.text_config.num_hidden_layers,
+                b.cfg.text_config.hidden_size,
+                0,
+            ),
+            _ => (0, 0, 0),
+        };
+        // keys and values, f32, per layer, beam and cached position
+        let kv = (layers * 2 * opts.num_beams * (prefix + text) * width * 4) as u64;
+        if kv > opts.max_kv_bytes {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            return Err(Error::Invalid(format!(
+                "{} beams of {} positions need {:.1} MiB of key/value cache; this request allows {:.1} MiB (max_kv_bytes): ask for fewer beams or new tokens",
+                opts.num_beams,
+                prefix + text,
+                mib(kv),
+                mib(opts.max_kv_bytes)
+            )));
+        }
         let tokenizer = &self.tokenizer;
         let eos = opts.eos_token_ids.clone();
-        let mut stream = |id: u32| {
-            if !eos.contains(&id) {
-                new_ids.push(id);
-            }
-            match tokenizer.decode(&new_ids) {
+        let mut decode_err = None;
+        let mut stream = |new: &[u32]| {
+            let shown: Vec<u32> = new.iter().copied().filter(|t| !eos.contains(t)).collect();
+            match tokenizer.decode(&shown) {
                 Ok(text) => on_text(&text),
-                Err(_) => true,
+                Err(e) => {
+                    decode_err = Some(e);
+                    false
+                }
             }
         };
         let ids = match (&self.model, image) {
@@ -795,7 +845,7 @@ impl Pipeline {
                 let asked;
                 let memory = match (question, memory) {
                     (Some(q), _) => {
-                        let ids = self.tokenizer.encode(q, true)?;
+                        let ids = encode_text(&self.tokenizer, "question", q, true)?;
                         if ids.len() > b.max_positions() {
                             return Err(Error::Invalid(format!(
                                 "the question is {} tokens; this model reads at most {}",
@@ -819,6 +869,9 @@ impl Pipeline {
                 ))
             }
         };
+        if let Some(e) = decode_err {
+            return Err(e);
+        }
         let answer: Vec<u32> = ids[prompt.len()..]
             .iter()
             .copied()
@@ -842,9 +895,15 @@ impl Pipeline {
         if texts.is_empty() {
             return Err(Error::Invalid("give at least one text to match".into()));
         }
+        if texts.len() > MAX_TEXTS {
+            return Err(Error::Invalid(format!(
+                "{} texts were given; glimpse matches at most {MAX_TEXTS} texts per request",
+                texts.len()
+            )));
+        }
         let encoded = texts
             .iter()
-            .map(|t| self.tokenizer.encode(t, true))
+            .map(|t| encode_text(&self.tokenizer, "text", t, true))
             .collect::<Result<Vec<_>>>()?;
         let max_pos = c.cfg.text_config.max_position_embeddings;
         let len = encoded.iter().map(Vec::len).max().unwrap_or(1);

@@ -344,6 +344,27 @@ fn embedding_gathers_f32_and_f16_rows() {
     }
 }
 
+#[test]
+fn a_token_id_past_the_vocabulary_is_the_same_error_on_every_device() {
+    let (v, dim) = (50, 8);
+    let table = vec![0.25f32; v * dim];
+    let errs: Vec<String> = both()
+        .iter()
+        .map(|d| {
+            let tab = Tensor::weight("embed", &table, &[v, dim], DType::F32, d).unwrap();
+            // in range: a row; id == V: an error, before anything reaches the device
+            assert_eq!(tab.lookup(&[0, 49], &[2]).unwrap().shape(), [2, dim]);
+            tab.lookup(&[3, 50, 1], &[3]).unwrap_err().to_string()
+        })
+        .collect();
+    assert_eq!(errs[0], errs[1]);
+    assert!(
+        errs[0].contains("token id 50 is outside the vocabulary of 50"),
+        "{}",
+        errs[0]
+    );
+}
+
 struct AttnCase {
     b: usize,
     h: usize,

@@ -50,6 +50,118 @@ pub trait HfConfig: DeserializeOwned {
     /// What the class's `__init__` derives after reading the fields (e.g. BLIP sets the text
     /// tower's `encoder_hidden_size` from the vision width).
     fn finish(&mut self) {}
+    /// Checks the values once, after defaults and `finish`: every later computation (head
+    /// widths, patch grids, table sizes) may then rely on them. Errors name the field.
+    fn validate(&self, _file: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The largest width (hidden or intermediate size) a config may declare.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// The most layers a tower may declare.
+pub const MAX_LAYERS: usize = 512;
+/// The largest vocabulary a config may declare.
+pub const MAX_VOCAB: usize = 1 << 21;
+/// The most learned positions a config may declare (the position table is a weight).
+pub const MAX_POSITIONS: usize = 1 << 16;
+/// The largest input image side (`image_size`) a vision config may declare.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+
+/// Checks of config values, each naming its field (`vision_config.num_attention_heads`).
+pub struct Checks<'a> {
+    file: &'a str,
+    prefix: &'a str,
+}
+
+impl<'a> Checks<'a> {
+    /// Checks of the fields of `file`, under `prefix` (e.g. `"text_config."`; may be empty).
+    pub fn new(file: &'a str, prefix: &'a str) -> Checks<'a> {
+        Checks { file, prefix }
+    }
+
+    fn err(&self, field: &str, msg: String) -> Error {
+        Error::Config(format!("{}: {}{field} {msg}", self.file, self.prefix))
+    }
+
+    /// `lo <= v <= hi`.
+    pub fn range(&self, field: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
+        if v < lo || v > hi {
+            return Err(self.err(field, format!("= {v}; it must be between {lo} and {hi}")));
+        }
+        Ok(())
+    }
+
+    /// A width of at least 1, at most [`MAX_WIDTH`].
+    pub fn width(&self, field: &str, v: usize) -> Result<()> {
+        self.range(field, v, 1, MAX_WIDTH)
+    }
+
+    /// A layer count (0 is a valid, empty tower).
+    pub fn layers(&self, field: &str, v: usize) -> Result<()> {
+        self.range(field, v, 0, MAX_LAYERS)
+    }
+
+    /// At least one head, and the heads divide the width.
+    pub fn heads(&self, field: &str, heads: usize, width_field: &str, width: usize) -> Result<()> {
+        self.range(field, heads, 1, MAX_WIDTH)?;
+        if !width.is_multiple_of(heads) {
+            return Err(self.err(
+                field,
+                format!(
+                    "= {heads} does not divide {}{width_field} = {width}",
+                    self.prefix
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn vocab(&self, field: &str, v: usize) -> Result<()> {
+        self.range(field, v, 1, MAX_VOCAB)
+    }
+
+    pub fn positions(&self, field: &str, v: usize) -> Result<()> {
+        self.range(field, v, 1, MAX_POSITIONS)
+    }
+
+    /// A LayerNorm epsilon: finite and not negative.
+    pub fn eps(&self, field: &str, v: f64) -> Result<()> {
+        if !v.is_finite() || v < 0.0 {
+            return Err(self.err(field, format!("= {v}; it must be a finite number >= 0")));
+        }
+        Ok(())
+    }
+
+    /// A token id the model will embed: inside the vocabulary.
+    pub fn token(&self, field: &str, id: Option<u32>, vocab: usize) -> Result<()> {
+        match id {
+            Some(id) if id as usize >= vocab => Err(self.err(
+                field,
+                format!("= {id} is outside the vocabulary of {vocab} tokens"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A square image of `image_size` cut into `patch_size` patches, RGB.
+    pub fn image(&self, image_size: usize, patch_size: usize, channels: usize) -> Result<()> {
+        self.range("image_size", image_size, 1, MAX_IMAGE_SIZE)?;
+        self.range("patch_size", patch_size, 1, image_size)?;
+        if !image_size.is_multiple_of(patch_size) {
+            return Err(self.err(
+                "image_size",
+                format!("= {image_size} is not a multiple of patch_size {patch_size}"),
+            ));
+        }
+        if channels != 3 {
+            return Err(self.err(
+                "num_channels",
+                format!("= {channels}; glimpse feeds RGB images (3 channels)"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Recursively puts `given` over `base`: objects merge key by key, anything else replaces.
@@ -82,6 +194,7 @@ pub fn config_from_value<T: HfConfig>(file: &str, mut given: serde_json::Value) 
     merge(&mut v, given);
     let mut cfg: T = from_value(file, v)?;
     cfg.finish();
+    cfg.validate(file)?;
     Ok(cfg)
 }
 

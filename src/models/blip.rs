@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::generate::Decoder;
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{
     activation, check_pixels, merge_heads, split_heads, with_class_token, CrossKv, KvCache,
@@ -76,6 +76,44 @@ impl crate::io::config::HfConfig for BlipConfig {
     /// text_config has no such field).
     fn finish(&mut self) {
         self.text_config.encoder_hidden_size = self.vision_config.hidden_size;
+    }
+
+    fn validate(&self, file: &str) -> Result<()> {
+        let v = &self.vision_config;
+        let c = Checks::new(file, "vision_config.");
+        c.width("hidden_size", v.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            v.num_attention_heads,
+            "hidden_size",
+            v.hidden_size,
+        )?;
+        c.width("intermediate_size", v.intermediate_size)?;
+        c.layers("num_hidden_layers", v.num_hidden_layers)?;
+        c.eps("layer_norm_eps", v.layer_norm_eps)?;
+        c.image(v.image_size, v.patch_size, 3)?;
+        let t = &self.text_config;
+        let c = Checks::new(file, "text_config.");
+        c.vocab("vocab_size", t.vocab_size)?;
+        c.width("hidden_size", t.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            t.num_attention_heads,
+            "hidden_size",
+            t.hidden_size,
+        )?;
+        c.width("intermediate_size", t.intermediate_size)?;
+        c.layers("num_hidden_layers", t.num_hidden_layers)?;
+        c.positions("max_position_embeddings", t.max_position_embeddings)?;
+        c.eps("layer_norm_eps", t.layer_norm_eps)?;
+        for (field, id) in [
+            ("bos_token_id", t.bos_token_id),
+            ("sep_token_id", t.sep_token_id),
+            ("pad_token_id", t.pad_token_id),
+        ] {
+            c.token(field, Some(id), t.vocab_size)?;
+        }
+        Ok(())
     }
 }
 
@@ -323,17 +361,9 @@ impl BlipText {
             )));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
-        }
         let device = self.word_embeddings.device();
         let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let x = self
-            .word_embeddings
-            .embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?;
+        let x = self.word_embeddings.lookup(&flat, &[b, t])?;
         self.ln.forward(
             &x.add(&self.position_embeddings.embedding(&Tensor::from_u32(
                 &pos,

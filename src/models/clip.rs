@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::clip_vision::{ClipEncoderLayer, ClipVisionTransformer, VisionConfig};
 use crate::error::{Error, Result};
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{LayerNorm, Linear};
 use crate::tensor::Tensor;
@@ -50,6 +50,27 @@ impl crate::io::config::HfConfig for ClipConfig {
             "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
         }
     }"#;
+
+    fn validate(&self, file: &str) -> Result<()> {
+        Checks::new(file, "").width("projection_dim", self.projection_dim)?;
+        let t = &self.text_config;
+        let c = Checks::new(file, "text_config.");
+        c.vocab("vocab_size", t.vocab_size)?;
+        c.width("hidden_size", t.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            t.num_attention_heads,
+            "hidden_size",
+            t.hidden_size,
+        )?;
+        c.width("intermediate_size", t.intermediate_size)?;
+        c.layers("num_hidden_layers", t.num_hidden_layers)?;
+        c.positions("max_position_embeddings", t.max_position_embeddings)?;
+        c.eps("layer_norm_eps", t.layer_norm_eps)?;
+        c.token("eos_token_id", Some(t.eos_token_id), t.vocab_size)?;
+        self.vision_config
+            .validate(&Checks::new(file, "vision_config."))
+    }
 }
 
 pub struct Clip {
@@ -134,22 +155,13 @@ impl Clip {
         }
         let device = self.token_embedding.device();
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= t.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                t.vocab_size
-            )));
-        }
         let pos: Vec<u32> = (0..len as u32).collect();
         // (B, T, D) + (T, D)
-        let mut x = self
-            .token_embedding
-            .embedding(&Tensor::from_u32(&flat, &[b, len], &device)?)?
-            .add(&self.position_embedding.embedding(&Tensor::from_u32(
-                &pos,
-                &[len],
-                &device,
-            )?)?)?;
+        let mut x = self.token_embedding.lookup(&flat, &[b, len])?.add(
+            &self
+                .position_embedding
+                .embedding(&Tensor::from_u32(&pos, &[len], &device)?)?,
+        )?;
         // padding keys are masked for every query: (B, T, T)
         let mut add_mask = vec![0f32; b * len * len];
         for (r, m) in mask.iter().enumerate() {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
 use crate::tensor::Tensor;
@@ -28,6 +28,21 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
+    /// The checks every config holding a CLIP vision tower runs (see `HfConfig::validate`).
+    pub fn validate(&self, c: &Checks) -> Result<()> {
+        c.width("hidden_size", self.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "hidden_size",
+            self.hidden_size,
+        )?;
+        c.width("intermediate_size", self.intermediate_size)?;
+        c.layers("num_hidden_layers", self.num_hidden_layers)?;
+        c.eps("layer_norm_eps", self.layer_norm_eps)?;
+        c.image(self.image_size, self.patch_size, self.num_channels)
+    }
+
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
     }

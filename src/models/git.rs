@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::clip_vision::{ClipVisionTransformer, VisionConfig};
 use crate::error::{Error, Result};
 use crate::generate::Decoder;
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{activation, merge_heads, split_heads, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
@@ -49,6 +49,31 @@ impl crate::io::config::HfConfig for GitConfig {
             "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5
         }
     }"#;
+
+    fn validate(&self, file: &str) -> Result<()> {
+        let c = Checks::new(file, "");
+        c.vocab("vocab_size", self.vocab_size)?;
+        c.width("hidden_size", self.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "hidden_size",
+            self.hidden_size,
+        )?;
+        c.width("intermediate_size", self.intermediate_size)?;
+        c.layers("num_hidden_layers", self.num_hidden_layers)?;
+        c.positions("max_position_embeddings", self.max_position_embeddings)?;
+        c.eps("layer_norm_eps", self.layer_norm_eps)?;
+        for (field, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
+            c.token(field, id, self.vocab_size)?;
+        }
+        self.vision_config
+            .validate(&Checks::new(file, "vision_config."))
+    }
 }
 
 /// One BERT-style (post-LN) decoder layer: `attention.self.{query,key,value}`,
@@ -227,15 +252,7 @@ impl Git {
         }
         let device = self.word_embeddings.device();
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
-        }
-        let words = self
-            .word_embeddings
-            .embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?;
+        let words = self.word_embeddings.lookup(&flat, &[b, t])?;
         let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
         let positions =
             self.position_embeddings

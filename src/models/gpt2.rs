@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{activation, merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
@@ -36,6 +36,21 @@ impl crate::io::config::HfConfig for Gpt2Config {
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
         "scale_attn_weights": true, "add_cross_attention": false
     }"#;
+
+    fn validate(&self, file: &str) -> Result<()> {
+        let c = Checks::new(file, "");
+        c.vocab("vocab_size", self.vocab_size)?;
+        c.width("n_embd", self.n_embd)?;
+        c.heads("n_head", self.n_head, "n_embd", self.n_embd)?;
+        if let Some(inner) = self.n_inner {
+            c.width("n_inner", inner)?;
+        } else {
+            c.width("n_embd (times 4, the default n_inner)", 4 * self.n_embd)?;
+        }
+        c.layers("n_layer", self.n_layer)?;
+        c.positions("n_positions", self.n_positions)?;
+        c.eps("layer_norm_epsilon", self.layer_norm_epsilon)
+    }
 }
 
 struct Block {
@@ -236,23 +251,17 @@ impl Gpt2 {
             )));
         }
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        if let Some(&bad) = flat.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
-        }
         let device = self.wte.device();
         let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
         // (B, T, D) + (T, D)
-        let mut x = self
-            .wte
-            .embedding(&Tensor::from_u32(&flat, &[b, t], &device)?)?
-            .add(
-                &self
-                    .wpe
-                    .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?,
-            )?;
+        let mut x =
+            self.wte
+                .lookup(&flat, &[b, t])?
+                .add(
+                    &self
+                        .wpe
+                        .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?,
+                )?;
         for (i, (block, cache)) in self.blocks.iter().zip(caches.iter_mut()).enumerate() {
             x = block.forward(&x, cache, cross.and_then(|c| c.get(i)))?;
         }

@@ -60,6 +60,14 @@ impl VisionEncoderDecoder {
                 "config.json decoder: add_cross_attention must be true".into(),
             ));
         }
+        let c = crate::io::config::Checks::new("config.json", "");
+        for (field, id) in [
+            ("decoder_start_token_id", cfg.decoder_start_token_id),
+            ("eos_token_id", cfg.eos_token_id),
+            ("pad_token_id", cfg.pad_token_id),
+        ] {
+            c.token(field, id, dec_cfg.vocab_size)?;
+        }
         let enc_to_dec_proj = if enc_cfg.hidden_size != dec_cfg.n_embd {
             Some(Linear::new(
                 &vb.pp("enc_to_dec_proj"),
@@ -85,6 +93,14 @@ impl VisionEncoderDecoder {
         Ok(EncodedImage {
             cross: self.decoder.cross_kv(&states)?,
         })
+    }
+
+    pub fn decoder_layers(&self) -> usize {
+        self.decoder.cfg.n_layer
+    }
+
+    pub fn decoder_width(&self) -> usize {
+        self.decoder.cfg.n_embd
     }
 
     pub fn max_positions(&self) -> usize {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::io::config::Activation;
+use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
 use crate::tensor::Tensor;
@@ -34,6 +34,21 @@ impl crate::io::config::HfConfig for VitConfig {
         "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
         "image_size": 224, "patch_size": 16, "num_channels": 3, "qkv_bias": true
     }"#;
+
+    fn validate(&self, file: &str) -> Result<()> {
+        let c = Checks::new(file, "");
+        c.width("hidden_size", self.hidden_size)?;
+        c.heads(
+            "num_attention_heads",
+            self.num_attention_heads,
+            "hidden_size",
+            self.hidden_size,
+        )?;
+        c.width("intermediate_size", self.intermediate_size)?;
+        c.layers("num_hidden_layers", self.num_hidden_layers)?;
+        c.eps("layer_norm_eps", self.layer_norm_eps)?;
+        c.image(self.image_size, self.patch_size, self.num_channels)
+    }
 }
 
 struct VitLayer {

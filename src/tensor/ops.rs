@@ -296,6 +296,20 @@ impl Tensor {
         }
     }
 
+    /// Rows of the table `self [V, D]` for token ids held on the host: every id is checked
+    /// against `V` first, so an id past the vocabulary is the same error on every device (the
+    /// GPU kernel itself cannot fail: given such an id it writes a zero row). `shape`: the
+    /// ids' shape; the result is `[..shape, D]`.
+    pub fn lookup(&self, ids: &[u32], shape: &[usize]) -> Result<Tensor> {
+        let rows = self.shape().first().copied().unwrap_or(0);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {rows}: the tokenizer or the prompt ids do not match this model"
+            )));
+        }
+        self.embedding(&Tensor::from_u32(ids, shape, &self.device())?)
+    }
+
     /// Multi-head attention, one fused kernel: softmax(q·kᵀ·scale + mask) · v.
     /// q `[B, H, Tq, D]`; k, v `[B, Hkv, Tk, D]` with H a multiple of Hkv (grouped-query).
     pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOpts) -> Result<Tensor> {

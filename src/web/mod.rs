@@ -11,8 +11,37 @@ use crate::pipeline::{ModelSpec, Pipeline, PreparedImage, Task};
 use crate::selfcheck;
 use crate::tensor::{AttentionOpts, DType, Device, Tensor};
 
-fn js_err(e: impl std::fmt::Display) -> JsError {
-    JsError::new(&e.to_string())
+/// A JS `Error` with a machine-readable `code` (see `Error::code`; the worker passes it on).
+fn coded(code: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    let _ = Reflect::set(&e, &"code".into(), &code.into());
+    e.into()
+}
+
+/// A bad argument from the caller (options that do not parse, an unknown handle …).
+fn invalid(message: &str) -> JsValue {
+    coded("invalid", message)
+}
+
+/// Errors as JS `Error`s with their `code`.
+trait ToJs {
+    fn to_js(self) -> JsValue;
+}
+
+impl ToJs for crate::Error {
+    fn to_js(self) -> JsValue {
+        coded(self.code(), &self.to_string())
+    }
+}
+
+impl ToJs for serde_wasm_bindgen::Error {
+    fn to_js(self) -> JsValue {
+        invalid(&self.to_string())
+    }
+}
+
+fn js_err(e: impl ToJs) -> JsValue {
+    e.to_js()
 }
 
 /// `performance.now()` of the page or worker.
@@ -52,7 +81,7 @@ pub struct Engine {
 impl Engine {
     /// `await Engine.create({ device: 'webgpu' | 'cpu', maxStorageBufferBindingSize })`.
     /// Rejects with a readable message when WebGPU has no adapter or lacks a limit we need.
-    pub async fn create(opts: JsValue) -> Result<Engine, JsError> {
+    pub async fn create(opts: JsValue) -> Result<Engine, JsValue> {
         let opts: EngineOptions = if opts.is_undefined() || opts.is_null() {
             EngineOptions::default()
         } else {
@@ -69,7 +98,7 @@ impl Engine {
                 Device::Gpu(GpuContext::new(&gpu_opts).await.map_err(js_err)?)
             }
             other => {
-                return Err(JsError::new(&format!(
+                return Err(invalid(&format!(
                     "unknown device {other:?}: use 'webgpu' or 'cpu'"
                 )))
             }
@@ -87,7 +116,7 @@ impl Engine {
     }
 
     /// The adapter's limits glimpse uses (null on the CPU).
-    pub fn info(&self) -> Result<JsValue, JsError> {
+    pub fn info(&self) -> Result<JsValue, JsValue> {
         match &self.device {
             Device::Cpu => Ok(JsValue::NULL),
             Device::Gpu(ctx) => serde_wasm_bindgen::to_value(ctx.summary()).map_err(js_err),
@@ -114,14 +143,14 @@ impl Engine {
 
     /// Output of a self-check case (see `caseNames()`) with inputs drawn from `seed`.
     #[wasm_bindgen(js_name = runCase)]
-    pub async fn run_case(&self, name: String, seed: f64) -> Result<Vec<f32>, JsError> {
+    pub async fn run_case(&self, name: String, seed: f64) -> Result<Vec<f32>, JsValue> {
         selfcheck::run_case(&name, seed as u64, &self.device)
             .await
             .map_err(js_err)
     }
 
     /// Every case on this device and on the CPU, compared: `[{case, max_abs_diff, tolerance, pass}]`.
-    pub async fn selfcheck(&self, seed: f64) -> Result<JsValue, JsError> {
+    pub async fn selfcheck(&self, seed: f64) -> Result<JsValue, JsValue> {
         let r = selfcheck::selfcheck(&self.device, seed as u64)
             .await
             .map_err(js_err)?;
@@ -130,7 +159,7 @@ impl Engine {
 
     /// Kernel benchmark rows for this device (see `formatBenchTable`).
     #[wasm_bindgen(js_name = benchKernels)]
-    pub async fn bench_kernels(&self, samples: u32, max_n: u32) -> Result<JsValue, JsError> {
+    pub async fn bench_kernels(&self, samples: u32, max_n: u32) -> Result<JsValue, JsValue> {
         let opts = BenchOptions {
             samples: samples.max(1) as usize,
             target_ms: 20.0,
@@ -147,7 +176,7 @@ impl Engine {
     }
 
     /// An f32 tensor from data and shape.
-    pub fn tensor(&self, data: Vec<f32>, shape: Vec<u32>) -> Result<JsTensor, JsError> {
+    pub fn tensor(&self, data: Vec<f32>, shape: Vec<u32>) -> Result<JsTensor, JsValue> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         Tensor::from_f32(&data, &shape, &self.device)
             .map(JsTensor)
@@ -161,7 +190,7 @@ impl Engine {
         data: Vec<f32>,
         shape: Vec<u32>,
         dtype: String,
-    ) -> Result<JsTensor, JsError> {
+    ) -> Result<JsTensor, JsValue> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         let dtype = DType::parse(&dtype).map_err(js_err)?;
         Tensor::weight(&name, &data, &shape, dtype, &self.device)
@@ -184,14 +213,14 @@ impl JsTensor {
     pub fn dtype(&self) -> String {
         self.0.dtype().name().into()
     }
-    pub fn matmul(&self, rhs: &JsTensor) -> Result<JsTensor, JsError> {
+    pub fn matmul(&self, rhs: &JsTensor) -> Result<JsTensor, JsValue> {
         self.0.matmul(&rhs.0).map(JsTensor).map_err(js_err)
     }
     /// `self · wᵀ` for a weight `[N, K]` of any dtype.
-    pub fn linear(&self, w: &JsTensor) -> Result<JsTensor, JsError> {
+    pub fn linear(&self, w: &JsTensor) -> Result<JsTensor, JsValue> {
         self.0.linear(&w.0, None).map(JsTensor).map_err(js_err)
     }
-    pub fn softmax(&self) -> Result<JsTensor, JsError> {
+    pub fn softmax(&self) -> Result<JsTensor, JsValue> {
         self.0.softmax_last_dim().map(JsTensor).map_err(js_err)
     }
     /// Causal or full attention with `self` as q `[B, H, Tq, D]`.
@@ -201,7 +230,7 @@ impl JsTensor {
         v: &JsTensor,
         scale: f32,
         causal: bool,
-    ) -> Result<JsTensor, JsError> {
+    ) -> Result<JsTensor, JsValue> {
         let opts = AttentionOpts {
             scale,
             causal,
@@ -214,7 +243,7 @@ impl JsTensor {
     }
     /// Reads the values back (awaits the GPU).
     #[wasm_bindgen(js_name = toArray)]
-    pub async fn to_array(&self) -> Result<Vec<f32>, JsError> {
+    pub async fn to_array(&self) -> Result<Vec<f32>, JsValue> {
         self.0.to_vec_f32().await.map_err(js_err)
     }
 }
@@ -233,7 +262,7 @@ pub fn case_tolerance(name: String) -> f32 {
 
 /// Formats benchmark rows (from several engines) as the CLI's table, with CPU ratios.
 #[wasm_bindgen(js_name = formatBenchTable)]
-pub fn format_bench_table(rows: JsValue) -> Result<String, JsError> {
+pub fn format_bench_table(rows: JsValue) -> Result<String, JsValue> {
     let mut rows: Vec<BenchRow> = serde_wasm_bindgen::from_value(rows).map_err(js_err)?;
     bench::attach_cpu_ratios(&mut rows);
     Ok(bench::format_table(&rows))
@@ -253,6 +282,8 @@ struct JsGenerateOptions {
     seed: Option<f64>,
     repetition_penalty: Option<f32>,
     no_repeat_ngram_size: Option<usize>,
+    /// the request's key/value cache budget in bytes (default `MAX_KV_BYTES`, 1 GiB)
+    max_kv_bytes: Option<f64>,
     /// conditional captioning: the caption continues this text
     prompt: Option<String>,
 }
@@ -260,7 +291,7 @@ struct JsGenerateOptions {
 fn options(
     p: &Pipeline,
     js: &JsValue,
-) -> Result<(crate::generate::GenerateOptions, Option<String>), JsError> {
+) -> Result<(crate::generate::GenerateOptions, Option<String>), JsValue> {
     let o: JsGenerateOptions = if js.is_undefined() || js.is_null() {
         JsGenerateOptions::default()
     } else {
@@ -277,6 +308,7 @@ fn options(
     g.seed = o.seed.map_or(g.seed, |s| s as u64);
     g.repetition_penalty = o.repetition_penalty.unwrap_or(g.repetition_penalty);
     g.no_repeat_ngram_size = o.no_repeat_ngram_size.unwrap_or(g.no_repeat_ngram_size);
+    g.max_kv_bytes = o.max_kv_bytes.map_or(g.max_kv_bytes, |b| b.max(0.0) as u64);
     // on the CPU nothing else yields during a generation: a worker could not take a cancel
     g.yield_each_token = matches!(p.device, Device::Cpu);
     Ok((g, o.prompt))
@@ -329,7 +361,7 @@ impl Engine {
     /// processor, the tokenizer and the generation config before any weight is fetched; with no
     /// `files` and one `.gguf` weight file the model comes from the file's own metadata.
     #[wasm_bindgen(js_name = beginLoad)]
-    pub fn begin_load(&self, opts: JsValue) -> Result<JsLoader, JsError> {
+    pub fn begin_load(&self, opts: JsValue) -> Result<JsLoader, JsValue> {
         let o: BeginLoad = serde_wasm_bindgen::from_value(opts).map_err(js_err)?;
         let meta: std::collections::BTreeMap<String, Vec<u8>> = o
             .files
@@ -382,14 +414,14 @@ struct TorchAhead {
 
 #[wasm_bindgen(js_class = Loader)]
 impl JsLoader {
-    fn get(&mut self) -> Result<&mut Loader<ModelSpec>, JsError> {
+    fn get(&mut self) -> Result<&mut Loader<ModelSpec>, JsValue> {
         self.inner
             .as_mut()
-            .ok_or_else(|| JsError::new("this load has finished"))
+            .ok_or_else(|| invalid("this load has finished"))
     }
 
     /// `{architecture, task}` of the model (once known: a GGUF file's header says it).
-    pub fn info(&mut self) -> Result<JsValue, JsError> {
+    pub fn info(&mut self) -> Result<JsValue, JsValue> {
         let spec = self.get()?.spec();
         let info = spec.map(
             |s| serde_json::json!({"architecture": s.arch_name(), "task": task_name(s.task())}),
@@ -406,7 +438,7 @@ impl JsLoader {
         tail: &[u8],
         tail_offset: f64,
         file_len: f64,
-    ) -> Result<JsValue, JsError> {
+    ) -> Result<JsValue, JsValue> {
         let r = self
             .get()?
             .torch_directory(file as usize, tail, tail_offset as u64, file_len as u64)
@@ -428,26 +460,26 @@ impl JsLoader {
 
     /// The bytes from `data.pkl`'s local header on (see `torchDirectory`).
     #[wasm_bindgen(js_name = torchPickle)]
-    pub fn torch_pickle(&mut self, file: u32, bytes: &[u8]) -> Result<(), JsError> {
+    pub fn torch_pickle(&mut self, file: u32, bytes: &[u8]) -> Result<(), JsValue> {
         self.get()?
             .torch_pickle(file as usize, bytes)
             .map_err(js_err)
     }
 
     /// The next bytes of the current weight file.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
         self.get()?.push(chunk).map_err(js_err)
     }
 
     /// The current weight file has ended (its length and sha256 are checked).
     #[wasm_bindgen(js_name = endFile)]
-    pub fn end_file(&mut self) -> Result<(), JsError> {
+    pub fn end_file(&mut self) -> Result<(), JsValue> {
         self.get()?.end_file().map_err(js_err)
     }
 
     /// GGUF bytes to write since the last call: `[[offset, Uint8Array], …]`.
     #[wasm_bindgen(js_name = takeWrites)]
-    pub fn take_writes(&mut self) -> Result<js_sys::Array, JsError> {
+    pub fn take_writes(&mut self) -> Result<js_sys::Array, JsValue> {
         let out = js_sys::Array::new();
         for (at, bytes) in self.get()?.take_writes() {
             let pair = js_sys::Array::new();
@@ -461,24 +493,24 @@ impl JsLoader {
     /// The GGUF header (written at offset 0 once every tensor arrived) and the file's length:
     /// `{header: Uint8Array, length}`, or null when no GGUF is written.
     #[wasm_bindgen(js_name = ggufHeader)]
-    pub fn gguf_header(&mut self) -> Result<JsValue, JsError> {
+    pub fn gguf_header(&mut self) -> Result<JsValue, JsValue> {
         let Some((h, len)) = self.get()?.gguf_header() else {
             return Ok(JsValue::NULL);
         };
         let o = js_sys::Object::new();
         Reflect::set(&o, &"header".into(), &js_sys::Uint8Array::from(&h[..]))
-            .map_err(|_| JsError::new("ggufHeader"))?;
+            .map_err(|_| invalid("ggufHeader"))?;
         Reflect::set(&o, &"length".into(), &JsValue::from_f64(len as f64))
-            .map_err(|_| JsError::new("ggufHeader"))?;
+            .map_err(|_| invalid("ggufHeader"))?;
         Ok(o.into())
     }
 
     /// The model, once every weight file has ended; `stats()` then says what was read.
-    pub fn finish(&mut self) -> Result<JsModel, JsError> {
+    pub fn finish(&mut self) -> Result<JsModel, JsValue> {
         let loader = self
             .inner
             .take()
-            .ok_or_else(|| JsError::new("this load has finished"))?;
+            .ok_or_else(|| invalid("this load has finished"))?;
         let (pipeline, stats) = Pipeline::from_loader(loader).map_err(js_err)?;
         Ok(JsModel {
             pipeline,
@@ -489,7 +521,7 @@ impl JsLoader {
 }
 
 /// A value as plain JS objects (serde_wasm_bindgen makes JSON maps into `Map`s by default).
-fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsError> {
+fn to_js<T: serde::Serialize>(v: &T) -> Result<JsValue, JsValue> {
     v.serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true))
         .map_err(js_err)
 }
@@ -524,7 +556,7 @@ impl JsModel {
     }
 
     /// What the load read and made: `{bytes, params, tensors, ggufBytes}`.
-    pub fn stats(&self) -> Result<JsValue, JsError> {
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
         let s = &self.stats;
         let o = serde_json::json!({
             "bytes": s.bytes, "params": s.params, "tensors": s.tensors, "ggufBytes": s.gguf_bytes
@@ -534,7 +566,7 @@ impl JsModel {
 
     /// Decodes and encodes an image (PNG, JPEG, WebP bytes); returns its handle.
     #[wasm_bindgen(js_name = prepareImage)]
-    pub fn prepare_image(&mut self, bytes: &[u8]) -> Result<u32, JsError> {
+    pub fn prepare_image(&mut self, bytes: &[u8]) -> Result<u32, JsValue> {
         let prepared = self.pipeline.prepare_image(bytes).map_err(js_err)?;
         self.images.push(Some(prepared));
         Ok((self.images.len() - 1) as u32)
@@ -544,7 +576,7 @@ impl JsModel {
     /// is the time to record and submit the vision tower; the GPU may finish it later (its
     /// remainder then shows up in the first token's time).
     #[wasm_bindgen(js_name = prepareImageTimed)]
-    pub fn prepare_image_timed(&mut self, bytes: &[u8]) -> Result<JsValue, JsError> {
+    pub fn prepare_image_timed(&mut self, bytes: &[u8]) -> Result<JsValue, JsValue> {
         let t0 = performance_now();
         let pixels = self.pipeline.pixels(bytes).map_err(js_err)?;
         let t1 = performance_now();
@@ -566,11 +598,11 @@ impl JsModel {
         }
     }
 
-    fn image(&self, handle: u32) -> Result<&PreparedImage, JsError> {
+    fn image(&self, handle: u32) -> Result<&PreparedImage, JsValue> {
         self.images
             .get(handle as usize)
             .and_then(|i| i.as_ref())
-            .ok_or_else(|| JsError::new(&format!("no prepared image {handle}")))
+            .ok_or_else(|| invalid(&format!("no prepared image {handle}")))
     }
 
     /// `{text, ids, new_tokens}`; `onText(textSoFar)` after every token (return false to stop).
@@ -579,14 +611,16 @@ impl JsModel {
         handle: u32,
         opts: JsValue,
         on_text: Option<Function>,
-    ) -> Result<JsValue, JsError> {
+    ) -> Result<JsValue, JsValue> {
         let (g, prompt) = options(&self.pipeline, &opts)?;
-        let mut cb = stream_to(on_text);
+        let mut stream = Stream::new(on_text);
         let out = self
             .pipeline
-            .caption(self.image(handle)?, prompt.as_deref(), &g, &mut cb)
-            .await
-            .map_err(js_err)?;
+            .caption(self.image(handle)?, prompt.as_deref(), &g, &mut |t| {
+                stream.call(t)
+            })
+            .await;
+        let out = stream.finish(out)?;
         serde_wasm_bindgen::to_value(&out).map_err(js_err)
     }
 
@@ -597,20 +631,20 @@ impl JsModel {
         question: String,
         opts: JsValue,
         on_text: Option<Function>,
-    ) -> Result<JsValue, JsError> {
+    ) -> Result<JsValue, JsValue> {
         let (g, _) = options(&self.pipeline, &opts)?;
-        let mut cb = stream_to(on_text);
+        let mut stream = Stream::new(on_text);
         let out = self
             .pipeline
-            .ask(self.image(handle)?, &question, &g, &mut cb)
-            .await
-            .map_err(js_err)?;
+            .ask(self.image(handle)?, &question, &g, &mut |t| stream.call(t))
+            .await;
+        let out = stream.finish(out)?;
         serde_wasm_bindgen::to_value(&out).map_err(js_err)
     }
 
     /// Probability of each text for the image (CLIP).
     #[wasm_bindgen(js_name = matchTexts)]
-    pub async fn match_texts(&self, handle: u32, texts: Vec<String>) -> Result<Vec<f32>, JsError> {
+    pub async fn match_texts(&self, handle: u32, texts: Vec<String>) -> Result<Vec<f32>, JsValue> {
         self.pipeline
             .match_texts(self.image(handle)?, &texts)
             .await
@@ -618,21 +652,70 @@ impl JsModel {
     }
 }
 
-fn stream_to(f: Option<Function>) -> impl FnMut(&str) -> bool {
-    move |text: &str| match &f {
-        Some(f) => {
-            !matches!(f.call1(&JsValue::NULL, &JsValue::from_str(text)), Ok(v) if v == JsValue::FALSE)
-        }
-        None => true,
+/// Calls `onText(textSoFar)` after each token: `false` stops the generation; an exception
+/// thrown by the callback stops it too and becomes the request's error (never "go on").
+struct Stream {
+    f: Option<Function>,
+    thrown: Option<JsValue>,
+}
+
+impl Stream {
+    fn new(f: Option<Function>) -> Stream {
+        Stream { f, thrown: None }
     }
+
+    fn call(&mut self, text: &str) -> bool {
+        let Some(f) = &self.f else { return true };
+        match f.call1(&JsValue::NULL, &JsValue::from_str(text)) {
+            Ok(v) => v != JsValue::FALSE,
+            Err(e) => {
+                self.thrown = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The generation's result, or the callback's exception (with `code: 'callback'`).
+    fn finish<T>(self, out: crate::Result<T>) -> Result<T, JsValue> {
+        if let Some(e) = self.thrown {
+            if e.is_object() && Reflect::get(&e, &"code".into()).is_ok_and(|c| c.is_undefined()) {
+                let _ = Reflect::set(&e, &"code".into(), &"callback".into());
+            }
+            return Err(e);
+        }
+        out.map_err(js_err)
+    }
+}
+
+/// Reports a Rust panic before the instance traps: its message goes to `globalThis.glimpsePanic`
+/// when the host defines it (the worker does, and names it in the request's error), and to the
+/// console. After a panic the instance is unusable; the worker replaces it.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("glimpse panicked: {info}");
+        let global = js_sys::global();
+        if let Ok(f) = Reflect::get(&global, &"glimpsePanic".into()) {
+            if let Ok(f) = f.dyn_into::<Function>() {
+                let _ = f.call1(&JsValue::NULL, &JsValue::from_str(&msg));
+            }
+        }
+        web_sys::console::error_1(&JsValue::from_str(&msg));
+    }));
+}
+
+/// Panics on purpose (tests of the worker's trap recovery). Never called by the page or API.
+#[wasm_bindgen(js_name = debugPanic)]
+pub fn debug_panic(message: String) {
+    panic!("{message}");
 }
 
 /// A synthetic scene (the default model's world): `{seed, png: Uint8Array, caption, questions:
 /// [{kind, question, answer}]}`, the same as `glimpse scenes` writes for this seed.
 #[wasm_bindgen(js_name = sampleScene)]
-pub fn sample_scene(seed: f64, size: u32) -> Result<JsValue, JsError> {
+pub fn sample_scene(seed: f64, size: u32) -> Result<JsValue, JsValue> {
     if !(16..=512).contains(&size) {
-        return Err(JsError::new(&format!(
+        return Err(invalid(&format!(
             "scene size {size} is outside 16..=512 pixels"
         )));
     }
