@@ -149,7 +149,7 @@ impl GenerateOptions {
 
 /// Lets the browser's event loop run (a macrotask: `setTimeout(0)`), so queued messages are
 /// handled; nothing natively.
-async fn yield_now() {
+pub(crate) async fn yield_now() {
     #[cfg(target_arch = "wasm32")]
     {
         use wasm_bindgen::JsCast;

@@ -20,6 +20,8 @@ pub mod pipeline;
 pub mod rng;
 pub mod scenes;
 pub mod selfcheck;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod soak;
 pub mod tensor;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

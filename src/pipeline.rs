@@ -195,7 +195,14 @@ impl ModelSpec {
         };
         // the config must describe a model glimpse can build (checked without weights)
         let plan = crate::io::Weights::plan(None, Default::default());
-        spec.build(&Vb::new(&plan, &Device::Cpu, DType::F32))?;
+        let model = spec.build(&Vb::new(&plan, &Device::Cpu, DType::F32))?;
+        // every id the tokenizer can produce must be a row of the embedding table
+        let vocab = model.vocab_size();
+        if let Some(max) = spec.tokenizer.max_id().filter(|&m| m as usize >= vocab) {
+            return Err(Error::Config(format!(
+                "the tokenizer has token ids up to {max}, but config.json's vocabulary has {vocab} tokens: the tokenizer belongs to another model"
+            )));
+        }
         Ok(spec)
     }
 
@@ -512,6 +519,18 @@ pub enum Model {
     Blip(Box<Blip>),
 }
 
+impl Model {
+    /// The rows of the text embedding table (the ids the model can read).
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Git(g) => g.cfg.vocab_size,
+            Model::Clip(c) => c.cfg.text_config.vocab_size,
+            Model::VisionEncoderDecoder(m) => m.vocab_size(),
+            Model::Blip(b) => b.cfg.text_config.vocab_size,
+        }
+    }
+}
+
 /// An image ready for requests: its pixels encoded once.
 pub enum PreparedImage {
     Git(ImagePrefix),
@@ -657,7 +676,7 @@ impl Pipeline {
         opts
     }
 
-    /// Decodes, preprocesses and encodes an image (PNG, JPEG or WebP bytes).
+    /// Decodes, preprocesses and encodes an image (PNG, JPEG, WebP or GIF bytes).
     pub fn prepare_image(&self, bytes: &[u8]) -> Result<PreparedImage> {
         let pixels = self.pixels(bytes)?;
         self.encode_pixels(&pixels)

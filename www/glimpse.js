@@ -19,23 +19,45 @@ let shared = null;
 
 /** One worker per page, shared by every model (and by widget.js). */
 export function worker() {
-  shared ??= new Client(new Worker(new URL('worker.js', HERE), { type: 'module' }));
+  shared ??= new Client();
   return shared;
 }
 
+/** An Error with the worker protocol's `code` ('cancelled' errors are named AbortError). */
+function coded(code, message) {
+  const e = Object.assign(new Error(message), { code });
+  if (code === 'cancelled') e.name = 'AbortError';
+  return e;
+}
+
+/**
+ * The page's side of the worker protocol (see worker.js). Errors reject with an Error carrying
+ * `code`. When the worker's wasm instance traps, the client replaces the worker (a fresh module
+ * and memory) and reloads every live model in it, keeping the Model objects; the request that
+ * trapped fails with code 'trap' and later requests wait for the reload.
+ */
 class Client {
-  constructor(w) {
-    this.w = w;
+  constructor() {
     this.next = 1;
     this.pending = new Map();
     this.backend = null;
+    this.device = null;
     this.listeners = new Set();
+    this.models = new Set(); // live Model objects, reloaded after a restart
+    this.restarting = null; // a promise while a new worker is being set up
+    this.restarts = 0;
+    this.spawn();
+  }
+
+  spawn() {
+    const w = new Worker(new URL('worker.js', HERE), { type: 'module' });
     w.onmessage = (ev) => this.receive(ev.data);
     w.onerror = (ev) => {
-      const err = new Error(`the glimpse worker failed: ${ev.message || 'could not start (is pkg/ built?)'}`);
-      for (const p of this.pending.values()) p.reject(err);
+      const err = coded('error', `the glimpse worker failed: ${ev.message || 'could not start (is pkg/ built?)'}`);
+      for (const p of this.pending.values()) p.settle(() => p.reject(err));
       this.pending.clear();
     };
+    this.w = w;
   }
 
   receive(m) {
@@ -45,32 +67,88 @@ class Client {
       for (const f of this.listeners) f(m.backend);
       return;
     }
+    if (m.event === 'trapped') {
+      this.restart(m.reason);
+      return;
+    }
     const p = this.pending.get(m.id);
     if (!p) return;
-    if ('progress' in m) return p.onProgress?.(m.progress);
-    if ('text' in m) return p.onText?.(m.text);
+    if ('progress' in m) return this.callback(m.id, p, p.onProgress, m.progress);
+    if ('text' in m) return this.callback(m.id, p, p.onText, m.text);
     this.pending.delete(m.id);
     if ('error' in m) {
-      const e = new Error(m.error);
-      if (m.cancelled) e.name = 'AbortError';
-      p.reject(e);
+      p.settle(() => p.reject(coded(m.code ?? (m.cancelled ? 'cancelled' : 'error'), m.error)));
     } else {
-      p.resolve(m.result);
+      p.settle(() => p.resolve(m.result));
+    }
+  }
+
+  /** Runs a caller's callback; if it throws, the request is cancelled and fails with that error. */
+  callback(id, p, f, value) {
+    try {
+      f?.(value);
+    } catch (e) {
+      this.pending.delete(id);
+      this.w.postMessage({ type: 'cancel', target: id });
+      if (e && typeof e === 'object' && e.code === undefined) e.code = 'callback';
+      p.settle(() => p.reject(e));
     }
   }
 
   /** Posts a request; `signal` cancels it (queued: never runs; generating: stops at the next token). */
-  request(type, body = {}, { onProgress, onText, signal, transfer = [] } = {}) {
+  async request(type, body = {}, opts = {}) {
+    if (this.restarting && !opts.internal) await this.restarting.catch(() => {});
+    return this.post(type, body, opts);
+  }
+
+  post(type, body, { onProgress, onText, signal, transfer = [] } = {}) {
     const id = this.next++;
     return new Promise((resolve, reject) => {
       if (signal?.aborted) {
-        reject(Object.assign(new Error('cancelled'), { name: 'AbortError' }));
+        reject(coded('cancelled', 'cancelled'));
         return;
       }
-      this.pending.set(id, { resolve, reject, onProgress, onText });
-      signal?.addEventListener('abort', () => this.w.postMessage({ type: 'cancel', target: id }), { once: true });
+      const onAbort = () => this.w.postMessage({ type: 'cancel', target: id });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      // every way a request ends removes its abort listener
+      const settle = (f) => {
+        signal?.removeEventListener('abort', onAbort);
+        f();
+      };
+      this.pending.set(id, { resolve, reject, onProgress, onText, settle });
       this.w.postMessage({ id, type, ...body }, transfer);
     });
+  }
+
+  /** Replaces a worker whose wasm instance trapped, then reloads every live model in the new one. */
+  restart(reason) {
+    if (this.restarting) return;
+    this.restarts += 1;
+    this.w.terminate();
+    const gone = coded('trap', `glimpse hit an internal error (${reason}); its engine was restarted: run the request again`);
+    for (const p of this.pending.values()) p.settle(() => p.reject(gone));
+    this.pending.clear();
+    this.spawn();
+    this.restarting = (async () => {
+      const backend = await this.post('init', { device: this.device ?? 'auto' });
+      this.backend = Promise.resolve(backend);
+      for (const model of this.models) {
+        try {
+          const info = await this.post('load', model.loadRequest);
+          model.handle = info.handle;
+          model.broken = null;
+        } catch (e) {
+          model.broken = `it could not be reloaded after the engine restarted: ${e.message}`;
+        }
+        model.images = new WeakMap();
+      }
+      for (const f of this.listeners) f(backend);
+    })().finally(() => { this.restarting = null; });
+  }
+
+  /** Resolves once no restart is under way (a model's handle is then current). */
+  async ready() {
+    if (this.restarting) await this.restarting.catch(() => {});
   }
 
   /** Calls `f(backend)` whenever the worker changes device (after a WebGPU device loss). */
@@ -80,7 +158,14 @@ class Client {
   }
 
   async init(device) {
-    this.backend ??= this.request('init', { device });
+    if (!this.backend) {
+      this.device = device;
+      // a failed init is not kept: the next call tries again
+      this.backend = this.request('init', { device }).catch((e) => {
+        this.backend = null;
+        throw e;
+      });
+    }
     return this.backend;
   }
 }
@@ -126,12 +211,16 @@ function source(model, opts) {
 export async function load(model = DEFAULT_MODEL, opts = {}) {
   const client = worker();
   const backend = await client.init(opts.device ?? 'auto');
-  const info = await client.request('load', {
+  const loadRequest = {
     source: source(model, opts),
     dtype: opts.dtype ?? 'f32',
     store: opts.store ?? true,
-  }, { onProgress: opts.onProgress });
-  return new Model(client, info, backend);
+  };
+  const info = await client.request('load', loadRequest, { onProgress: opts.onProgress });
+  const m = new Model(client, info, backend);
+  m.loadRequest = loadRequest;
+  client.models.add(m);
+  return m;
 }
 
 /** The models kept in this browser: [{key, name, dtype, bytes, downloadedBytes, storedAt}]. */
@@ -166,6 +255,7 @@ export class Model {
 
   /** The worker's handle of a prepared image (cached per image object). */
   async prepare(image) {
+    await this.usable();
     const cacheable = typeof image === 'object' && image !== null;
     if (cacheable && this.images.has(image)) return this.images.get(image);
     const p = (async () => {
@@ -182,6 +272,12 @@ export class Model {
     return p;
   }
 
+  /** Waits out an engine restart; a model that could not be reloaded is an error. */
+  async usable() {
+    await this.client.ready();
+    if (this.broken) throw coded('trap', `the model cannot run: ${this.broken}`);
+  }
+
   /** Frees a prepared image in the worker. */
   async forget(image) {
     const p = this.images.get(image);
@@ -195,6 +291,7 @@ export class Model {
     const { onToken, signal, ...options } = opts;
     const reused = typeof image === 'object' && image !== null && this.images.has(image);
     const prepared = await this.prepare(image);
+    await this.usable();
     let last = '';
     const out = await this.client.request(type, { model: this.handle, image: prepared.image, options, ...extra }, {
       signal,
@@ -224,6 +321,7 @@ export class Model {
    */
   async match(image, texts) {
     const prepared = await this.prepare(image);
+    await this.usable();
     const r = await this.client.request('match', { model: this.handle, image: prepared.image, texts });
     const out = texts.map((label, i) => ({ label, score: r.scores[i] })).sort((a, b) => b.score - a.score);
     out.timings = { ...prepared.timings, ...r.timings };
@@ -231,6 +329,7 @@ export class Model {
   }
 
   dispose() {
+    this.client.models.delete(this);
     return this.client.request('dispose', { model: this.handle });
   }
 }

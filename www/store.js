@@ -151,6 +151,10 @@ export class Writer {
   }
 }
 
+/** An Error with a protocol `code` (see worker.js). */
+const coded = (code, message) => Object.assign(new Error(message), { code });
+const httpError = (res, message) => coded(res.status === 404 ? 'not-found' : 'http', message);
+
 /** Why storing failed, for the person: a full quota is named as such. */
 export function describeStorageError(e) {
   const msg = String(e?.message ?? e);
@@ -182,10 +186,10 @@ export async function fetchBytes(url, file, { expect = {}, optional = false, onP
   try {
     res = await fetch(url);
   } catch (e) {
-    throw new Error(`${file}: the request to ${url} failed (${e?.message ?? e})`);
+    throw coded('network', `${file}: the request to ${url} failed (${e?.message ?? e})`);
   }
   if (res.status === 404 && optional) return null;
-  if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${url}`);
+  if (!res.ok) throw httpError(res, `${file}: HTTP ${res.status} from ${url}`);
   const b = new Uint8Array(await res.arrayBuffer());
   const why = await mismatch(b, expect);
   if (why) throw new Error(`${file}: ${why}; it was not used`);
@@ -199,9 +203,9 @@ export async function openStream(url, file, expect = {}) {
   try {
     res = await fetch(url);
   } catch (e) {
-    throw new Error(`${file}: the request to ${url} failed (${e?.message ?? e})`);
+    throw coded('network', `${file}: the request to ${url} failed (${e?.message ?? e})`);
   }
-  if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${url}`);
+  if (!res.ok) throw httpError(res, `${file}: HTTP ${res.status} from ${url}`);
   const size = expect.bytes ?? declaredSize(res);
   return { reader: res.body.getReader(), size };
 }
@@ -213,9 +217,9 @@ export async function exists(url) {
     res = await fetch(url).catch(() => null);
     res?.body?.cancel().catch(() => {});
   }
-  if (!res) throw new Error(`the request to ${url} failed`);
+  if (!res) throw coded('network', `the request to ${url} failed`);
   if (res.status === 404) return false;
-  if (!res.ok) throw new Error(`HTTP ${res.status} from ${url}`);
+  if (!res.ok) throw httpError(res, `HTTP ${res.status} from ${url}`);
   return true;
 }
 
@@ -229,11 +233,11 @@ export async function fetchRange(url, file, start, end = null) {
   try {
     res = await fetch(url, { headers: { Range: spec } });
   } catch (e) {
-    throw new Error(`${file}: the request to ${url} failed (${e?.message ?? e})`);
+    throw coded('network', `${file}: the request to ${url} failed (${e?.message ?? e})`);
   }
   if (res.status !== 206) {
     res.body?.cancel().catch(() => {});
-    if (!res.ok) throw new Error(`${file}: HTTP ${res.status} from ${url}`);
+    if (!res.ok) throw httpError(res, `${file}: HTTP ${res.status} from ${url}`);
     throw new Error(`${file}: the server ignores Range requests, which reading a pytorch_model.bin needs (its directory is at the end)`);
   }
   const m = /bytes (\d+)-(\d+)\/(\d+)/.exec(res.headers.get('content-range') ?? '');

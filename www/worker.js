@@ -18,6 +18,17 @@
 // Origin Private File System (store.js): the next load of it reads that file, quantized once, with
 // no download, also offline. Storage errors (a full quota) come back as warnings, never failures.
 //
+// Errors carry a `code` besides the message ({id, error, code}): the engine's codes
+// (Error::code in src/error.rs: 'image', 'config', 'weights', 'tokenizer', 'invalid', 'gpu' …)
+// and the worker's: 'cancelled', 'device-lost', 'trap', 'network', 'not-found', 'http', 'error'.
+//
+// A wasm trap (a Rust panic, whose message the panic hook hands to globalThis.glimpsePanic, or
+// any WebAssembly.RuntimeError such as running out of memory) leaves the instance unusable: the
+// request that hit it fails with code 'trap', the worker answers {event: 'trapped', reason} and
+// refuses further requests, and glimpse.js replaces the whole worker (a new module and memory)
+// and reloads every model from its source. A trap inside an async export never settles its
+// promise: the worker's global error handler takes it and fails the running request instead.
+//
 // WebGPU device loss: before each request and after each failed one the worker asks the engine
 // whether its device was lost. If so it opens a new device (or falls back to the CPU), reloads
 // every model from its source and re-encodes the prepared images, keeping their handles; the
@@ -39,6 +50,27 @@ const cancelled = new Set();
 let queue = Promise.resolve();
 
 const post = (m) => self.postMessage(m);
+/** An Error with a `code` (the protocol's error codes, above). */
+const fail = (code, message) => Object.assign(new Error(message), { code });
+
+// traps: the last Rust panic message, the running request's trap reject, whether it happened
+let lastPanic = null;
+let onTrap = null;
+let trapped = null;
+self.glimpsePanic = (message) => { lastPanic = message; };
+const isTrap = (e) => e instanceof WebAssembly.RuntimeError;
+self.addEventListener('error', (ev) => {
+  if (isTrap(ev.error)) {
+    ev.preventDefault();
+    onTrap?.(ev.error);
+  }
+});
+self.addEventListener('unhandledrejection', (ev) => {
+  if (isTrap(ev.reason)) {
+    ev.preventDefault();
+    onTrap?.(ev.reason);
+  }
+});
 
 self.onmessage = (ev) => {
   const msg = ev.data;
@@ -52,15 +84,26 @@ self.onmessage = (ev) => {
 async function serve(msg) {
   const { id } = msg;
   try {
-    if (cancelled.has(id)) throw Object.assign(new Error('cancelled'), { cancelled: true });
+    if (trapped) throw fail('trap', `the glimpse engine stopped after an internal error (${trapped}); it is being restarted`);
+    if (cancelled.has(id)) throw Object.assign(fail('cancelled', 'cancelled'), { cancelled: true });
     const handler = HANDLERS[msg.type];
-    if (!handler) throw new Error(`unknown request ${msg.type}`);
+    if (!handler) throw fail('invalid', `unknown request ${msg.type}`);
     if (msg.type !== 'init' && lostReason()) await recover(lostReason());
-    post({ id, result: await handler(msg) });
+    const trap = new Promise((_, reject) => { onTrap = reject; });
+    post({ id, result: await Promise.race([handler(msg), trap]) });
   } catch (e) {
+    if (!trapped && (isTrap(e) || lastPanic)) {
+      trapped = lastPanic ?? `${e.name}: ${e.message}`;
+      // the event first: the page starts its restart before this request's caller sees the error
+      post({ event: 'trapped', reason: trapped });
+      post({ id, code: 'trap', error: `glimpse hit an internal error (${trapped}); its engine is restarted and the models reloaded: run the request again` });
+      return;
+    }
     let error = messageOf(e);
-    const lost = await waitForLoss();
+    let code = e?.code ?? 'error';
+    const lost = trapped ? null : await waitForLoss();
     if (lost) {
+      code = 'device-lost';
       try {
         const b = await recover(lost);
         error = `the WebGPU device was lost (${lost}) during this request; glimpse opened ${b.device === 'webgpu' ? 'a new WebGPU device' : 'the CPU'} and reloaded the model: run the request again`;
@@ -68,8 +111,10 @@ async function serve(msg) {
         error = `the WebGPU device was lost (${lost}) and could not be reopened: ${messageOf(r)}`;
       }
     }
-    post({ id, error, cancelled: Boolean(e?.cancelled) || cancelled.has(id) });
+    const wasCancelled = Boolean(e?.cancelled) || cancelled.has(id);
+    post({ id, error, code: wasCancelled ? 'cancelled' : code, cancelled: wasCancelled });
   } finally {
+    onTrap = null;
     cancelled.delete(id);
   }
 }
@@ -122,7 +167,7 @@ async function openEngine(device) {
   if (device === 'cpu') return openCpu('the CPU was asked for');
   const adapter = await describeAdapter();
   if (!adapter.available) {
-    if (device === 'webgpu') throw new Error(`WebGPU is not available: ${adapter.reason}`);
+    if (device === 'webgpu') throw fail('no-adapter', `WebGPU is not available: ${adapter.reason}`);
     return { ...(await openCpu(adapter.reason)), adapter };
   }
   try {
@@ -206,12 +251,12 @@ async function describe(source, dtype, id) {
     const byName = new Map(files.map((f) => [f.name, f]));
     const gguf = files.length === 1 && files[0].name.endsWith('.gguf');
     const lacking = gguf ? [] : ['config.json', 'preprocessor_config.json'].filter((n) => !byName.has(n));
-    if (lacking.length) throw new Error(`the chosen files lack ${lacking.join(' and ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
+    if (lacking.length) throw fail('invalid', `the chosen files lack ${lacking.join(' and ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
     const weights = pickWeights(files.map((f) => f.name));
     const index = weights.index ? await local(byName.get(weights.index)).get() : null;
     const names = index ? shardsOf(index) : weights.files;
     const missing = names.filter((n) => !byName.has(n));
-    if (missing.length) throw new Error(`the chosen files lack ${missing.join(', ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
+    if (missing.length) throw fail('invalid', `the chosen files lack ${missing.join(', ')} (pick the model folder's files: config.json, preprocessor_config.json, a tokenizer and the weights, or one .gguf)`);
     return {
       key: null,
       small: files.filter((f) => SMALL.includes(f.name)).map(local),
@@ -230,10 +275,10 @@ async function describe(source, dtype, id) {
       const key = catalogKey(catalogUrl, source.catalog, dtype);
       return { key, anyFingerprint: true, offline: `catalog.json could not be fetched (${messageOf(e)})` };
     }
-    if (!res.ok) throw new Error(`catalog.json: HTTP ${res.status} from ${catalogUrl}`);
+    if (!res.ok) throw fail(res.status === 404 ? 'not-found' : 'http', `catalog.json: HTTP ${res.status} from ${catalogUrl}`);
     const catalog = await res.json();
     const entry = catalog.models.find((m) => m.id === source.catalog);
-    if (!entry) throw new Error(`the catalog has no model ${source.catalog} (it has ${catalog.models.map((m) => m.id).join(', ')})`);
+    if (!entry) throw fail('not-found', `the catalog has no model ${source.catalog} (it has ${catalog.models.map((m) => m.id).join(', ')})`);
     const files = entry.files.map((f) => ({ ...f, href: new URL(f.url, catalogUrl).href }));
     const gguf = source.preferGguf ? files.find((f) => f.name.endsWith('.gguf')) : null;
     const wanted = gguf ? [gguf] : files.filter((f) => !f.name.endsWith('.gguf'));
@@ -281,7 +326,7 @@ async function probeWeights(d, id) {
       return d;
     }
   }
-  throw new Error(`${d.base} has no model.safetensors, pytorch_model.bin (or their sharded indexes)`);
+  throw fail('not-found', `${d.base} has no model.safetensors, pytorch_model.bin (or their sharded indexes)`);
 }
 
 /** Which of `names` are the weights (the same order of preference as glimpse's CLI). */
@@ -291,7 +336,7 @@ function pickWeights(names) {
   }
   const ggufs = names.filter((n) => n.endsWith('.gguf'));
   if (ggufs.length === 1) return { files: ggufs };
-  throw new Error('the chosen files hold no weights: model.safetensors, pytorch_model.bin (or a sharded index with its shards), or one .gguf');
+  throw fail('invalid', 'the chosen files hold no weights: model.safetensors, pytorch_model.bin (or a sharded index with its shards), or one .gguf');
 }
 
 function shardsOf(indexBytes) {
@@ -320,7 +365,7 @@ async function loadModel(source, dtype, id, keep = true) {
       warn(id, `the model store cannot be read (${messageOf(e)})`);
     }
   }
-  if (d.offline && !stored) throw new Error(`${d.offline}, and this browser keeps no copy of the model`);
+  if (d.offline && !stored) throw fail('network', `${d.offline}, and this browser keeps no copy of the model`);
   let loader;
   let writer = null;
   if (stored) {
@@ -340,7 +385,7 @@ async function loadModel(source, dtype, id, keep = true) {
         downloaded += b.length;
       }
     }
-    if (d.small.length && !files['config.json']) throw new Error('the model has no config.json');
+    if (d.small.length && !files['config.json']) throw fail('config', 'the model has no config.json');
     if (d.lazy && d.base) d = await probeWeights(d, id);
     const storeGguf = Boolean(d.key && keep);
     loader = engine.beginLoad({
@@ -420,13 +465,13 @@ async function loadModel(source, dtype, id, keep = true) {
 async function readTorchDirectory(loader, i, w) {
   let tail = await w.range(-65536, null);
   const size = tail.size ?? w.size;
-  if (!size) throw new Error(`${w.name}: the server did not say how long the file is`);
+  if (!size) throw fail('http', `${w.name}: the server did not say how long the file is`);
   let at = loader.torchDirectory(i, tail.bytes, tail.offset, size);
   if (at.needFrom !== undefined && at.needFrom !== null) {
     tail = await w.range(at.needFrom, null);
     at = loader.torchDirectory(i, tail.bytes, tail.offset, size);
   }
-  if (at.pickleAt === undefined || at.pickleAt === null) throw new Error(`${w.name}: its zip directory cannot be read`);
+  if (at.pickleAt === undefined || at.pickleAt === null) throw fail('weights', `${w.name}: its zip directory cannot be read`);
   const pkl = await w.range(at.pickleAt, Math.min(size, at.pickleAt + at.pickleMax));
   loader.torchPickle(i, pkl.bytes);
   w.size ??= size;
@@ -454,8 +499,8 @@ async function pump(loader, reader, file, total, report, write) {
 
 function record(h) {
   const m = models.get(h);
-  if (!m) throw new Error(`no loaded model ${h} (it was disposed?)`);
-  if (m.broken) throw new Error(`the model cannot run: ${m.broken}; load it again`);
+  if (!m) throw fail('invalid', `no loaded model ${h} (it was disposed?)`);
+  if (m.broken) throw fail('device-lost', `the model cannot run: ${m.broken}; load it again`);
   return m;
 }
 
@@ -463,7 +508,7 @@ function record(h) {
 function modelImage(h, image) {
   const rec = record(h);
   const img = rec.images.get(image);
-  if (!img) throw new Error(`no prepared image ${image} (it was released, or evicted after ${MAX_IMAGES} newer ones)`);
+  if (!img) throw fail('invalid', `no prepared image ${image} (it was released, or evicted after ${MAX_IMAGES} newer ones)`);
   // most recently used goes last
   rec.images.delete(image);
   rec.images.set(image, img);
@@ -476,28 +521,36 @@ async function generate(msg, run) {
   let first = null;
   let pieces = 0;
   const out = await run((text) => {
-    if (cancelled.has(msg.id)) return false;
+    if (cancelled.has(msg.id) || trapped) return false;
     if (first === null) first = performance.now() - t0;
     pieces += 1;
     post({ id: msg.id, text });
     return true;
   });
   const ms = performance.now() - t0;
-  if (cancelled.has(msg.id)) throw Object.assign(new Error('cancelled'), { cancelled: true });
+  if (cancelled.has(msg.id)) throw Object.assign(fail('cancelled', 'cancelled'), { cancelled: true });
   return { ...out, timings: { firstTokenMs: first, totalMs: ms, tokensPerSecond: out.new_tokens / (ms / 1000), pieces } };
 }
 
 const HANDLERS = {
   async init({ device = 'auto' }) {
     await init();
-    if (engine) return backend;
+    if (engine && backend) return backend;
     requestedDevice = device;
-    backend = await openEngine(device);
+    try {
+      backend = await openEngine(device);
+    } catch (e) {
+      // nothing half-open stays behind: the next init tries again
+      try { engine?.free?.(); } catch { /* never opened */ }
+      engine = null;
+      backend = null;
+      throw e;
+    }
     return backend;
   },
 
   async load({ id, source, dtype = 'f32', store: keep = true }) {
-    if (!engine) throw new Error('the worker has no engine yet (init first)');
+    if (!engine) throw fail('invalid', 'the worker has no engine yet (init first)');
     try {
       const { model: m, info } = await loadModel(source, dtype, id, keep);
       const handle = nextModel++;
@@ -542,6 +595,28 @@ const HANDLERS = {
       rec.model?.releaseImage(img.inner);
     }
     return true;
+  },
+
+  /**
+   * What the worker holds now: wasm memory, GPU buffers ({heldBytes, poolFreeBytes}), the JS
+   * heap where the browser tells it (bench/soak.mjs reads it through the DevTools protocol) and
+   * the prepared images kept per model. The soak run samples it.
+   */
+  async stats() {
+    return {
+      wasmBytes: memoryBytes(),
+      gpu: engine?.memoryStats?.() ?? null,
+      jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null,
+      preparedImages: [...models.values()].reduce((n, m) => n + m.images.size, 0),
+      models: models.size,
+    };
+  },
+
+  /** Panics inside wasm on purpose: tests use it to check trap recovery. */
+  async debugPanic({ message = 'a panic on purpose (debugPanic)', inAsync = false }) {
+    if (inAsync) await wasm.debugPanicAsync(message);
+    else wasm.debugPanic(message);
+    return null;
   },
 
   /** Destroys the WebGPU device as a driver reset would: tests use it to check recovery. */

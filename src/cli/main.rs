@@ -54,6 +54,21 @@ enum Command {
         #[arg(long)]
         json: PathBuf,
     },
+    /// Many captions and questions in a row, each on a new synthetic scene, with the process's
+    /// memory (RSS, GPU buffers) sampled as it goes: after a warm-up it must stay flat. Prints a
+    /// table; --json writes every sample as JSON to stdout
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// sample every N requests
+        #[arg(long, default_value_t = 100)]
+        every: usize,
+        /// the scenes' side in pixels
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Captions images (several images reuse the loaded model)
     Caption {
         #[arg(required = true)]
@@ -373,7 +388,19 @@ fn gpu_label(ctx: &GpuContext) -> String {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the program with `error: <what went wrong, with its context>` and status 1 (a
+/// panic, status 101, is always a bug); no backtrace, whatever RUST_BACKTRACE says.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench {
@@ -467,6 +494,38 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&json, serde_json::to_string(&map)?)
                 .with_context(|| format!("writing {}", json.display()))?;
         }
+        Command::Soak {
+            requests,
+            every,
+            size,
+            model,
+        } => {
+            let p = load_pipeline(&model)?;
+            let mib = |b: Option<u64>| {
+                b.map_or("-".to_string(), |b| {
+                    format!("{:.1}", b as f64 / (1 << 20) as f64)
+                })
+            };
+            if !model.json {
+                println!("| requests | RSS MiB | GPU held MiB | GPU pool free MiB | ms/request |");
+                println!("|---:|---:|---:|---:|---:|");
+            }
+            let samples = glimpse::soak::soak(&p, requests, every, 77_000_000, size, &mut |s| {
+                if !model.json {
+                    println!(
+                        "| {} | {} | {} | {} | {:.1} |",
+                        s.request,
+                        mib(s.rss_bytes),
+                        mib(s.gpu_held_bytes),
+                        mib(s.gpu_free_bytes),
+                        s.ms_per_request
+                    );
+                }
+            })?;
+            if model.json {
+                println!("{}", serde_json::to_string_pretty(&samples)?);
+            }
+        }
         Command::Caption {
             images,
             prompt,
@@ -476,19 +535,48 @@ fn main() -> anyhow::Result<()> {
             let p = load_pipeline(&model)?;
             let opts = gen.apply(p.default_options());
             let mut results = Vec::new();
+            // a bad image fails alone: the others are still captioned, and the exit status
+            // says that one failed
+            let mut failed = 0;
             for path in &images {
                 if !model.json && images.len() > 1 {
                     print!("{}: ", path.display());
                 }
-                let image = p
-                    .prepare_image(&read_image(path)?)
-                    .with_context(|| format!("{}", path.display()))?;
-                let out = generate_text(&p, &image, None, prompt.as_deref(), &opts, model.json)?;
-                results
-                    .push(serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}));
+                let out = read_image(path).and_then(|bytes| {
+                    let image = p.prepare_image(&bytes)?;
+                    Ok(generate_text(
+                        &p,
+                        &image,
+                        None,
+                        prompt.as_deref(),
+                        &opts,
+                        model.json,
+                    )?)
+                });
+                match out {
+                    Ok(out) => results.push(
+                        serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}),
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        if !model.json && images.len() > 1 {
+                            println!("(failed)");
+                        }
+                        eprintln!("error: {}: {e:#}", path.display());
+                        let code = e
+                            .downcast_ref::<glimpse::Error>()
+                            .map_or("io", glimpse::Error::code);
+                        results.push(
+                            serde_json::json!({"image": path, "error": format!("{e:#}"), "code": code}),
+                        );
+                    }
+                }
             }
             if model.json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} images could not be captioned", images.len());
             }
         }
         Command::Ask {

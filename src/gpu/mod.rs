@@ -368,6 +368,12 @@ impl GpuContext {
         self.pool.free_bytes()
     }
 
+    /// Bytes of GPU buffers glimpse holds (weights, live activations and the pool's free
+    /// buffers; staging buffers for readback are not counted).
+    pub fn held_bytes(&self) -> u64 {
+        self.pool.held_bytes()
+    }
+
     /// Uploads `data` into a fresh pooled buffer.
     pub(crate) fn upload(&self, name: &str, data: &[u8]) -> Result<GpuBuffer> {
         let buf = self.alloc(name, data.len() as u64)?;

@@ -3,6 +3,7 @@
 //! so a buffer may be handed out again while commands that read its old contents are still queued.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct Pool {
@@ -12,6 +13,10 @@ pub(crate) struct Pool {
     /// Exact buffers (weights) whose tensors were dropped: commands recorded before the drop may
     /// still read them, so they are destroyed after the next submit, not at once.
     retired: Mutex<Vec<wgpu::Buffer>>,
+    /// Bytes of every buffer created and destroyed: their difference is what the GPU holds for
+    /// glimpse (weights, activations in use, free pooled buffers).
+    created: AtomicU64,
+    destroyed: AtomicU64,
 }
 
 /// Size classes: powers of two and 1.5× powers of two (at most 33% waste), from 256 bytes.
@@ -35,6 +40,8 @@ impl Pool {
             max_buffer_size,
             free: Mutex::default(),
             retired: Mutex::default(),
+            created: AtomicU64::new(0),
+            destroyed: AtomicU64::new(0),
         }
     }
 
@@ -53,6 +60,7 @@ impl Pool {
             .get_mut(&class)
             .and_then(|v| v.pop());
         let buffer = reused.unwrap_or_else(|| {
+            self.created.fetch_add(class, Ordering::Relaxed);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("glimpse tensor"),
                 size: class,
@@ -74,6 +82,7 @@ impl Pool {
     pub fn destroy_retired(&self) {
         let bufs = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
         for b in bufs {
+            self.destroyed.fetch_add(b.size(), Ordering::Relaxed);
             b.destroy();
         }
     }
@@ -90,7 +99,13 @@ impl Pool {
                 bytes += class;
             }
         }
+        self.destroyed.fetch_add(bytes, Ordering::Relaxed);
         bytes
+    }
+
+    /// Bytes of GPU buffers glimpse holds now (created and not yet destroyed).
+    pub fn held_bytes(&self) -> u64 {
+        self.created.load(Ordering::Relaxed) - self.destroyed.load(Ordering::Relaxed)
     }
 
     /// Bytes held by free buffers.
@@ -110,6 +125,7 @@ pub(crate) fn exact(pool: &Arc<Pool>, label: &str, bytes: u64) -> GpuBuffer {
             | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    pool.created.fetch_add(buffer.size(), Ordering::Relaxed);
     GpuBuffer {
         class: buffer.size(),
         buffer,

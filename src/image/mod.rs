@@ -81,7 +81,7 @@ pub const MAX_SIDE: u32 = 16384;
 /// The most memory [`decode`] lets a decoder allocate.
 pub const MAX_DECODED_BYTES: u64 = 512 << 20;
 
-/// Decodes PNG, JPEG or WebP bytes to RGB: EXIF orientation applied, any transparency
+/// Decodes PNG, JPEG, WebP or GIF (its first frame) bytes to RGB: EXIF orientation applied, any transparency
 /// composited onto white (as `transformers.image_transforms.convert_to_rgb`), gray replicated.
 pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
     if bytes.is_empty() {
@@ -98,7 +98,7 @@ pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
     reader.limits(limits);
     if reader.format().is_none() {
         return Err(Error::Image(
-            "not an image glimpse can read (PNG, JPEG or WebP expected)".into(),
+            "not an image glimpse can read (PNG, JPEG, WebP or GIF expected)".into(),
         ));
     }
     let too_big = |e: image::ImageError| {

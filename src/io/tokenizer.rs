@@ -130,6 +130,11 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The largest id the tokenizer can produce (its vocabulary and added tokens).
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
+    }
 }
 
 fn added_token(id: u32, content: &str, special: bool) -> Value {

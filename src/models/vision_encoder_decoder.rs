@@ -95,6 +95,10 @@ impl VisionEncoderDecoder {
         })
     }
 
+    pub fn vocab_size(&self) -> usize {
+        self.decoder.cfg.vocab_size
+    }
+
     pub fn decoder_layers(&self) -> usize {
         self.decoder.cfg.n_layer
     }

@@ -36,7 +36,11 @@ impl ToJs for crate::Error {
 
 impl ToJs for serde_wasm_bindgen::Error {
     fn to_js(self) -> JsValue {
-        invalid(&self.to_string())
+        // options or arguments that do not have the expected shape
+        invalid(&format!(
+            "options: {}",
+            self.to_string().trim_start_matches("Error: ")
+        ))
     }
 }
 
@@ -120,6 +124,25 @@ impl Engine {
         match &self.device {
             Device::Cpu => Ok(JsValue::NULL),
             Device::Gpu(ctx) => serde_wasm_bindgen::to_value(ctx.summary()).map_err(js_err),
+        }
+    }
+
+    /// The GPU memory glimpse holds: `{heldBytes, poolFreeBytes}` (null on the CPU). Held:
+    /// every buffer created and not destroyed (weights, activations in use, free pooled ones).
+    #[wasm_bindgen(js_name = memoryStats)]
+    pub fn memory_stats(&self) -> JsValue {
+        match &self.device {
+            Device::Cpu => JsValue::NULL,
+            Device::Gpu(ctx) => {
+                let o = js_sys::Object::new();
+                let _ = Reflect::set(&o, &"heldBytes".into(), &(ctx.held_bytes() as f64).into());
+                let _ = Reflect::set(
+                    &o,
+                    &"poolFreeBytes".into(),
+                    &(ctx.pool_free_bytes() as f64).into(),
+                );
+                o.into()
+            }
         }
     }
 
@@ -707,6 +730,14 @@ pub fn start() {
 /// Panics on purpose (tests of the worker's trap recovery). Never called by the page or API.
 #[wasm_bindgen(js_name = debugPanic)]
 pub fn debug_panic(message: String) {
+    panic!("{message}");
+}
+
+/// As `debugPanic`, inside a future after it has yielded to the event loop: its promise never
+/// settles (the trap unwinds nothing), which the worker must notice by itself.
+#[wasm_bindgen(js_name = debugPanicAsync)]
+pub async fn debug_panic_async(message: String) {
+    crate::generate::yield_now().await;
     panic!("{message}");
 }
 
