@@ -544,14 +544,7 @@ fn run() -> anyhow::Result<()> {
                 }
                 let out = read_image(path).and_then(|bytes| {
                     let image = p.prepare_image(&bytes)?;
-                    Ok(generate_text(
-                        &p,
-                        &image,
-                        None,
-                        prompt.as_deref(),
-                        &opts,
-                        model.json,
-                    )?)
+                    generate_text(&p, &image, None, prompt.as_deref(), &opts, model.json)
                 });
                 match out {
                     Ok(out) => results.push(
