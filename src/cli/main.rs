@@ -550,9 +550,11 @@ fn run() -> anyhow::Result<()> {
                     Ok(out) => results.push(
                         serde_json::json!({"image": path, "caption": out.text, "ids": out.ids}),
                     ),
+                    // one image: its error is the program's
+                    Err(e) if images.len() == 1 && !model.json => return Err(e),
                     Err(e) => {
                         failed += 1;
-                        if !model.json && images.len() > 1 {
+                        if !model.json {
                             println!("(failed)");
                         }
                         eprintln!("error: {}: {e:#}", path.display());
