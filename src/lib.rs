@@ -10,6 +10,10 @@ pub mod bench;
 mod cpu;
 pub mod error;
 pub mod eval;
+// entry points of the fuzz targets in fuzz/ and of tests/fuzz_regressions.rs
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod gpu;
 pub mod image;
