@@ -81,6 +81,32 @@ pub const MAX_SIDE: u32 = 16384;
 /// The most memory [`decode`] lets a decoder allocate.
 pub const MAX_DECODED_BYTES: u64 = 512 << 20;
 
+/// The most pixels a preprocessing step may produce (the resize, the center crop, the final
+/// `[3, H, W]` tensor): 16.8 M, 48 MiB as RGB8 and 192 MiB as f32. The processors glimpse runs
+/// make 224² to 384² pixels; only an implausible preprocessor_config.json size or a strip-shaped
+/// image under a shortest-edge resize comes near (transformers would allocate a 1×16384 image
+/// resized to shortest edge 224, 224×3.67 M pixels or 2.4 GB, then crop it).
+pub const MAX_OUTPUT_PIXELS: usize = 1 << 24;
+/// The longest side a preprocessing step may produce (the resampling coefficient tables grow with it).
+pub const MAX_OUTPUT_SIDE: usize = 1 << 16;
+/// The most one side of an image may exceed the other for a shortest-edge resize, where the long
+/// side grows with the ratio (a 1×200 strip at shortest edge 224 is 224×44800 before its crop).
+/// 200:1 is the ratio Qwen2-VL's image processor also refuses past; fixed-size resizes
+/// (`height` and `width`) take any ratio, as transformers does.
+pub const MAX_ASPECT_RATIO: usize = 200;
+
+/// Checks the size a preprocessing step would produce against [`MAX_OUTPUT_SIDE`] and
+/// [`MAX_OUTPUT_PIXELS`] before it is allocated.
+fn check_output(step: &str, w: usize, h: usize, ow: usize, oh: usize) -> Result<()> {
+    let pixels = ow.checked_mul(oh).filter(|&n| n <= MAX_OUTPUT_PIXELS);
+    if pixels.is_none() || ow > MAX_OUTPUT_SIDE || oh > MAX_OUTPUT_SIDE {
+        return Err(Error::Image(format!(
+            "{step} a {w}×{h} image to {ow}×{oh} pixels is past glimpse's caps of {MAX_OUTPUT_SIDE} pixels a side and {MAX_OUTPUT_PIXELS} pixels in all: the image or preprocessor_config.json's size is implausible"
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes PNG, JPEG, WebP or GIF (its first frame) bytes to RGB: EXIF orientation applied, any transparency
 /// composited onto white (as `transformers.image_transforms.convert_to_rgb`), gray replicated.
 pub fn decode(bytes: &[u8]) -> Result<Rgb8> {
@@ -301,6 +327,12 @@ impl ImageProcessorConfig {
             (Some(s), _, _) => {
                 // transformers' get_resize_output_image_size(default_to_square=False): int() truncates
                 let (short, long) = if w <= h { (w, h) } else { (h, w) };
+                if long > short.saturating_mul(MAX_ASPECT_RATIO) {
+                    return Err(Error::Image(format!(
+                        "the image is {w}×{h} pixels, an aspect ratio of {:.0}:1; resizing its shortest edge to {s} needs at most {MAX_ASPECT_RATIO}:1 (crop the image first)",
+                        long as f64 / short.max(1) as f64
+                    )));
+                }
                 let new_long = (s as f64 * long as f64 / short as f64) as usize;
                 Ok(if w <= h { (new_long, s) } else { (s, new_long) })
             }
@@ -313,7 +345,14 @@ impl ImageProcessorConfig {
 
     /// Runs the processor on a decoded image.
     pub fn preprocess(&self, img: &Rgb8) -> Result<Pixels> {
-        let (mut w, mut h, mut data) = (img.width, img.height, img.data.clone());
+        let (mut w, mut h) = (img.width, img.height);
+        if w.checked_mul(h).and_then(|n| n.checked_mul(3)) != Some(img.data.len()) || w * h == 0 {
+            return Err(Error::Image(format!(
+                "a {w}×{h} RGB image needs {w}·{h}·3 bytes, it has {}",
+                img.data.len()
+            )));
+        }
+        let mut data = img.data.clone();
         if self.do_resize {
             let (oh, ow) = self.resize_target(h, w)?;
             if oh == 0 || ow == 0 {
@@ -321,6 +360,9 @@ impl ImageProcessorConfig {
                     "a {w}×{h} image is too thin to resize"
                 )));
             }
+            // the pass between the two (see resample::resize_rgb8) is never larger than the
+            // input or the output
+            check_output("resizing", w, h, ow, oh)?;
             let filter = Filter::from_pil(self.resample).unwrap_or(Filter::Bicubic);
             data = resample::resize_rgb8(&data, w, h, ow, oh, filter);
             (w, h) = (ow, oh);
@@ -338,9 +380,12 @@ impl ImageProcessorConfig {
                     ))
                 }
             };
+            check_output("cropping", w, h, cw, ch)?;
             data = center_crop(&data, w, h, cw, ch);
             (w, h) = (cw, ch);
         }
+        // without a resize or a crop the tensor has the decoded image's size
+        check_output("preprocessing", w, h, w, h)?;
         let scale = if self.do_rescale {
             self.rescale_factor
         } else {
