@@ -15,6 +15,8 @@ use crate::io::config::value;
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     json: String,
+    /// the special added tokens (skipped when decoding)
+    special: std::collections::HashSet<String>,
 }
 
 /// The tokenizer files a model folder may hold (any may be missing).
@@ -45,11 +47,23 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Tokenizer> {
+        // the JSON is checked before tokenizers reads it: its decoder field is deserialized with
+        // an `expect` (tokenizers 0.23 decoders/mod.rs), so a syntax error inside it panicked
+        // instead of failing (found by fuzzing)
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        let special = inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special)
+            .map(|t| t.content)
+            .collect();
         Ok(Tokenizer {
             inner,
             json: text("tokenizer.json", bytes)?.to_string(),
+            special,
         })
     }
 
@@ -118,6 +132,18 @@ impl Tokenizer {
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        // nothing to decode (no ids, or only special or unknown ones) is the empty text: the
+        // decoders are not called, as tokenizers' BPE decoder (CLIP's) overflows on no tokens
+        // (`tokens.len() - 1`, a panic where overflow checks are on; found by fuzzing)
+        // (tokenizers skips a token whose text is a special token's, whatever its id)
+        let decodable = |id: &u32| {
+            self.inner
+                .id_to_token(*id)
+                .is_some_and(|t| !self.special.contains(&t))
+        };
+        if !ids.iter().any(decodable) {
+            return Ok(String::new());
+        }
         self.inner
             .decode(ids, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))
