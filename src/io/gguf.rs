@@ -270,7 +270,9 @@ pub fn parse_header(prefix: &[u8], file_len: Option<u64>) -> Result<Option<GgufH
             strings.insert(key, s);
         }
     }
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    // a tensor record takes at least 24 bytes (name length, dims, type, offset): the count
+    // reserves no more than the bytes at hand can hold (a 24-byte lie must not reserve 64 MB)
+    let mut tensors = Vec::with_capacity((n_tensors as usize).min((prefix.len() - c.at) / 24));
     for _ in 0..n_tensors {
         let name = need!(c.string("a tensor name"));
         let n_dims = need!(c.u32());
@@ -295,6 +297,11 @@ pub fn parse_header(prefix: &[u8], file_len: Option<u64>) -> Result<Option<GgufH
             .ok_or_else(|| {
                 Error::Weights(format!("GGUF tensor {name}: shape {shape:?} overflows"))
             })?;
+        if numel.checked_mul(dtype.block_bytes()).is_none() {
+            return Err(Error::Weights(format!(
+                "GGUF tensor {name}: shape {shape:?} is larger than any file: the file is damaged"
+            )));
+        }
         if numel % dtype.block() != 0 || shape.last().is_some_and(|k| k % dtype.block() != 0) {
             return Err(Error::Weights(format!(
                 "GGUF tensor {name}: shape {shape:?} is not whole {}-value blocks of {}",
@@ -315,17 +322,25 @@ pub fn parse_header(prefix: &[u8], file_len: Option<u64>) -> Result<Option<GgufH
         });
     }
     let data_start = (c.at as u64).div_ceil(alignment) * alignment;
-    if let Some(len) = file_len {
-        for t in &tensors {
-            let end = data_start
-                .saturating_add(t.offset)
-                .saturating_add(t.bytes() as u64);
-            if end > len {
+    for t in &tensors {
+        // the loader reads bytes [data_start + offset, + bytes) of the file: that must exist
+        let end = data_start
+            .checked_add(t.offset)
+            .and_then(|a| a.checked_add(t.bytes() as u64));
+        match (end, file_len) {
+            (None, _) => {
+                return Err(Error::Weights(format!(
+                    "GGUF tensor {}: offset {} lies past any file: the file is damaged",
+                    t.name, t.offset
+                )))
+            }
+            (Some(end), Some(len)) if end > len => {
                 return Err(Error::Weights(format!(
                     "GGUF tensor {} ends at byte {end}, past the end of the file ({len} bytes): the file is truncated",
                     t.name
-                )));
+                )))
             }
+            _ => {}
         }
     }
     Ok(Some(GgufHeader {
