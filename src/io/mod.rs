@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod files;
 pub mod gguf;
+pub mod pickle;
 pub mod stream;
 pub mod tokenizer;
 pub mod torch;

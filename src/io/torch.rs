@@ -287,7 +287,10 @@ pub struct TorchTensor {
 
 impl TorchTensor {
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 
     pub fn is_contiguous(&self) -> bool {
@@ -301,22 +304,35 @@ impl TorchTensor {
         true
     }
 
-    /// The byte range of the storage this tensor reads: `[start, end)`.
-    pub fn byte_range(&self) -> (u64, u64) {
+    /// [`TorchTensor::byte_range`] with every step checked; `None` if it overflows.
+    fn checked_range(&self) -> Option<(u64, u64)> {
         let e = self.dtype.size() as u64;
-        let last: usize = self
+        let numel = self
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))?;
+        let last = self
             .shape
             .iter()
             .zip(&self.strides)
-            .map(|(d, s)| d.saturating_sub(1) * s)
-            .sum();
-        let start = self.offset as u64 * e;
-        let end = if self.numel() == 0 {
+            .try_fold(0usize, |a, (d, s)| {
+                a.checked_add(d.saturating_sub(1).checked_mul(*s)?)
+            })?;
+        let start = (self.offset as u64).checked_mul(e)?;
+        let end = if numel == 0 {
             start
         } else {
-            (self.offset + last + 1) as u64 * e
+            (self.offset.checked_add(last)?.checked_add(1)? as u64).checked_mul(e)?
         };
-        (start, end)
+        numel.checked_mul(self.dtype.size())?;
+        Some((start, end))
+    }
+
+    /// The byte range of the storage this tensor reads: `[start, end)`. Tensors from
+    /// [`parse_pickle`] are checked not to overflow; for others an overflow is a range past any
+    /// storage.
+    pub fn byte_range(&self) -> (u64, u64) {
+        self.checked_range().unwrap_or((u64::MAX, u64::MAX))
     }
 
     /// Gathers the tensor's elements (row-major) from the bytes of its byte range.
@@ -341,43 +357,28 @@ impl TorchTensor {
 }
 
 /// The tensors of a state dict, from the bytes of `<dir>/data.pkl` (`dir` is the entry's folder,
-/// e.g. `archive`).
+/// e.g. `archive`). Values that are not tensors are skipped, as are tensors of storages glimpse
+/// does not know; a tensor whose shape, strides or offset reach past any file is an error.
 pub fn parse_pickle(pkl: &[u8], dir: &str) -> Result<Vec<TorchTensor>> {
-    use candle_core::pickle::{Object, Stack};
-    let mut stack = Stack::empty();
-    stack
-        .read_loop(&mut std::io::Cursor::new(pkl))
-        .map_err(|e| err(format!("data.pkl cannot be read: {e}")))?;
-    let obj = stack
-        .finalize()
-        .map_err(|e| err(format!("data.pkl cannot be read: {e}")))?;
+    let obj = crate::io::pickle::load(pkl)?;
     // a whole saved object ({"state_dict": …} or {"model": …}) is searched one level down
-    let dict = match obj {
-        Object::Dict(kv) => kv,
-        _ => return Err(err("data.pkl holds no state dict (a dict of tensors)")),
-    };
+    let dict = obj
+        .as_dict()
+        .ok_or_else(|| err("data.pkl holds no state dict (a dict of tensors)"))?;
     let mut out = Vec::new();
     let mut nested = Vec::new();
     for (k, v) in dict {
-        let Object::Unicode(name) = k else { continue };
-        match &v {
-            Object::Dict(_) => nested.push(v),
-            _ => {
-                if let Some(t) = tensor_of(name, v, dir)? {
-                    out.push(t);
-                }
-            }
+        let Some(name) = k.as_str() else { continue };
+        match v.as_dict() {
+            Some(inner) => nested.push(inner),
+            None => out.extend(tensor_of(name, v, dir)?),
         }
     }
     if out.is_empty() {
-        for v in nested {
-            if let Object::Dict(kv) = v {
-                for (k, v) in kv {
-                    if let Object::Unicode(name) = k {
-                        if let Some(t) = tensor_of(name, v, dir)? {
-                            out.push(t);
-                        }
-                    }
+        for inner in nested {
+            for (k, v) in inner {
+                if let Some(name) = k.as_str() {
+                    out.extend(tensor_of(name, v, dir)?);
                 }
             }
         }
@@ -385,36 +386,104 @@ pub fn parse_pickle(pkl: &[u8], dir: &str) -> Result<Vec<TorchTensor>> {
     Ok(out)
 }
 
-fn tensor_of(
-    name: String,
-    v: candle_core::pickle::Object,
-    dir: &str,
-) -> Result<Option<TorchTensor>> {
-    let info = match v.into_tensor_info(
-        candle_core::pickle::Object::Unicode(name.clone()),
-        std::path::Path::new(&format!("{dir}/data")),
-    ) {
-        Ok(Some(i)) => i,
-        Ok(None) => return Ok(None),
-        // unusual storages (e.g. int8) are reported only if a model asks for the tensor
-        Err(_) => return Ok(None),
+/// The element size of a storage class (`torch.FloatStorage` …).
+fn storage_dtype(class: &str) -> Option<TorchDType> {
+    Some(match class {
+        "FloatStorage" => TorchDType::F32,
+        "HalfStorage" => TorchDType::F16,
+        "BFloat16Storage" => TorchDType::BF16,
+        "DoubleStorage" => TorchDType::F64,
+        "LongStorage" => TorchDType::Other(8),
+        "IntStorage" => TorchDType::Other(4),
+        "ShortStorage" => TorchDType::Other(2),
+        "CharStorage" | "ByteStorage" | "BoolStorage" => TorchDType::Other(1),
+        _ => return None,
+    })
+}
+
+/// A tensor of the state dict: `torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
+/// …)`, possibly inside `_rebuild_parameter` or `_rebuild_from_type_v2`. `None` for anything
+/// else.
+fn tensor_of(name: &str, v: &crate::io::pickle::Value, dir: &str) -> Result<Option<TorchTensor>> {
+    use crate::io::pickle::Value;
+    let mut v = v;
+    // each unwrapping goes one level down a value of bounded depth
+    let args = loop {
+        let Some((f, args)) = v.as_call() else {
+            return Ok(None);
+        };
+        let args = args.as_tuple().unwrap_or_default();
+        match f.as_global() {
+            Some(("torch._utils", "_rebuild_tensor_v2")) => break args,
+            Some(("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state")) => {
+                let Some(inner) = args.first() else {
+                    return Ok(None);
+                };
+                v = inner;
+            }
+            // (function, type, args, state): the tensor is function(*args)
+            Some(("torch._tensor", "_rebuild_from_type_v2")) => match args {
+                [f, _, a, ..] => {
+                    let call = Value::Call(std::rc::Rc::new(crate::io::pickle::Node::pair(
+                        f.clone(),
+                        a.clone(),
+                    )));
+                    return tensor_of(name, &call, dir);
+                }
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        }
     };
-    let dtype = match info.dtype {
-        candle_core::DType::F32 => TorchDType::F32,
-        candle_core::DType::F16 => TorchDType::F16,
-        candle_core::DType::BF16 => TorchDType::BF16,
-        candle_core::DType::F64 => TorchDType::F64,
-        d => TorchDType::Other(d.size_in_bytes()),
+    let [storage, offset, size, stride, ..] = args else {
+        return Ok(None);
     };
-    let layout = info.layout;
-    Ok(Some(TorchTensor {
-        name,
+    // the persistent id: ('storage', storage class, key, location, numel)
+    let Some(id) = storage.as_persistent().and_then(Value::as_tuple) else {
+        return Ok(None);
+    };
+    let (Some((_, class)), Some(key)) = (
+        id.get(1).and_then(Value::as_global),
+        id.get(2).and_then(Value::as_str),
+    ) else {
+        return Ok(None);
+    };
+    let Some(dtype) = storage_dtype(class) else {
+        return Ok(None);
+    };
+    let damaged = |what: &str| err(format!("tensor {name}: {what}: the file is damaged"));
+    let uints = |v: &Value, what: &str| -> Result<Vec<usize>> {
+        v.as_tuple()
+            .ok_or_else(|| damaged(&format!("its {what} is not a tuple")))?
+            .iter()
+            .map(|d| match d {
+                Value::Int(i) => usize::try_from(*i).ok(),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| damaged(&format!("its {what} holds a value that is not a size")))
+    };
+    let shape = uints(size, "size")?;
+    let strides = uints(stride, "stride")?;
+    let offset = match offset {
+        Value::Int(i) => usize::try_from(*i).map_err(|_| damaged("a negative storage offset"))?,
+        _ => return Err(damaged("its storage offset is not an integer")),
+    };
+    if shape.len() != strides.len() {
+        return Err(damaged("its size and stride differ in length"));
+    }
+    let t = TorchTensor {
+        name: name.to_string(),
         dtype,
-        shape: layout.dims().to_vec(),
-        strides: layout.stride().to_vec(),
-        offset: layout.start_offset() / dtype.size().max(1),
-        storage: info.path,
-    }))
+        shape,
+        strides,
+        offset,
+        storage: format!("{dir}/data/{key}"),
+    };
+    // every later computation (numel, byte range, gather) stays within u64 / usize
+    t.checked_range()
+        .ok_or_else(|| damaged("its size, stride and offset reach past any file"))?;
+    Ok(Some(t))
 }
 
 /// The folder of an archive's `data.pkl` (`archive/data.pkl` -> `archive`).
