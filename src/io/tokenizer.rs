@@ -47,10 +47,12 @@ fn token_str(v: Option<&Value>) -> Option<String> {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Tokenizer> {
-        // the JSON is checked before tokenizers reads it: its decoder field is deserialized with
-        // an `expect` (tokenizers 0.23 decoders/mod.rs), so a syntax error inside it panicked
-        // instead of failing (found by fuzzing)
-        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        // the JSON is read whole before tokenizers reads it: its decoder field is deserialized
+        // with an `expect` (tokenizers 0.23 decoders/mod.rs), so a syntax error or a string
+        // escape that is no character (a lone surrogate) inside it panicked instead of failing
+        // (found by fuzzing). Strings are decoded here too (a serde_json::Value, not IgnoredAny,
+        // which lets a bad escape through).
+        serde_json::from_slice::<serde_json::Value>(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
