@@ -47,6 +47,18 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "decoder_invalid_code_point",
         "tokenizer.json is not valid JSON",
     ),
+    // a Precompiled (SentencePiece) normalizer, by hand after reading tokenizers' code: an
+    // `expect` on its charsmap, and a charsmap whose first bytes reserve 8 GB
+    (
+        "tokenizer",
+        "precompiled_charsmap_not_base64",
+        "the Precompiled normalizer",
+    ),
+    (
+        "tokenizer",
+        "precompiled_charsmap_claims_8gb",
+        "the Precompiled normalizer",
+    ),
     (
         "gguf",
         "tokenizer_decoder_syntax_error.gguf",

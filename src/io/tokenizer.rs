@@ -36,6 +36,19 @@ fn text<'a>(file: &str, b: &'a [u8]) -> Result<&'a str> {
     std::str::from_utf8(b).map_err(|_| Error::Tokenizer(format!("{file} is not UTF-8 text")))
 }
 
+/// Whether `v` or anything inside it is an object of `"type": ty` (nesting is bounded by
+/// serde_json's recursion limit).
+fn uses_type(v: &Value, ty: &str) -> bool {
+    match v {
+        Value::Object(o) => {
+            o.get("type").and_then(Value::as_str) == Some(ty)
+                || o.values().any(|x| uses_type(x, ty))
+        }
+        Value::Array(a) => a.iter().any(|x| uses_type(x, ty)),
+        _ => false,
+    }
+}
+
 /// A special token as the config files give it: a string or an AddedToken dict.
 fn token_str(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -52,8 +65,19 @@ impl Tokenizer {
         // escape that is no character (a lone surrogate) inside it panicked instead of failing
         // (found by fuzzing). Strings are decoded here too (a serde_json::Value, not IgnoredAny,
         // which lets a bad escape through).
-        serde_json::from_slice::<serde_json::Value>(bytes)
+        let doc = serde_json::from_slice::<serde_json::Value>(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json is not valid JSON: {e}")))?;
+        // SentencePiece's precompiled charsmap is read by tokenizers with an `expect`, reserves
+        // what its first 4 bytes claim (up to 8 GB) and indexes its trie unchecked; none of the
+        // tokenizers of the models glimpse runs (WordPiece, byte-level and CLIP BPE) uses it
+        if doc
+            .get("normalizer")
+            .is_some_and(|n| uses_type(n, "Precompiled"))
+        {
+            return Err(Error::Tokenizer(
+                "tokenizer.json: the Precompiled normalizer (a SentencePiece charsmap) is not supported; glimpse reads WordPiece and BPE tokenizers".into(),
+            ));
+        }
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
         let special = inner
