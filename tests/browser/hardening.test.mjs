@@ -107,12 +107,12 @@ test('errors carry codes, callbacks and traps end their request, the worker serv
   // the cancel crosses from the page while the worker computes the next step: it stops there
   assert.ok(got.beamCancelPieces < got.beam.pieces, `the cancelled beam search stopped early (${got.beamCancelPieces} of ${got.beam.pieces})`);
   for (const k of ['syncTrap', 'asyncTrap']) {
-    assert.match(got[k].error, /^trap: glimpse hit an internal error \(glimpse panicked: .*a panic on purpose/, k);
+    assert.match(got[k].error, /^trap: glimpse hit an internal error \(glimpse panicked: .*a panic on purpose/s, k);
     assert.equal(got[k].next, got.caption, `${k}: the next caption after the restart`);
   }
   assert.equal(got.restarts, 2);
   // the only console errors are the panic hook's own reports of the two panics on purpose
   const unexpected = problems.filter((p) => !/a panic on purpose/.test(p));
   assert.deepEqual(unexpected, []);
-  assert.ok(problems.every((p) => !TRAP.test(p) || /glimpse panicked: .*a panic on purpose/.test(p)), problems.join('\n'));
+  assert.ok(problems.every((p) => !TRAP.test(p) || /glimpse panicked: .*a panic on purpose/s.test(p)), problems.join('\n'));
 });
