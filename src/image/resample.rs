@@ -98,7 +98,10 @@ fn clip8(v: i64) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// One separable pass along x (`horizontal`) or y, rounding to 8 bits as Pillow does.
+/// One separable pass along x (`horizontal`) or y, rounding to 8 bits as Pillow does. The
+/// three channels of a pixel are summed together, and the vertical pass runs along whole rows
+/// (the sums are exact integers, so the order does not change a bit of the result): a 12 MP
+/// photo's downscale reads every input byte once per pass, in memory order.
 fn pass(
     src: &[u8],
     w: usize,
@@ -107,32 +110,46 @@ fn pass(
     filter: Filter,
     horizontal: bool,
 ) -> Vec<u8> {
-    let (in_len, lines) = if horizontal { (w, h) } else { (h, w) };
+    const HALF: i64 = 1 << (PRECISION_BITS - 1);
+    let in_len = if horizontal { w } else { h };
     let coeffs = coefficients(in_len, out_len, filter);
-    let (ow, oh) = if horizontal {
-        (out_len, h)
-    } else {
-        (w, out_len)
-    };
-    let mut out = vec![0u8; ow * oh * 3];
-    for line in 0..lines {
-        for (o, (start, k)) in coeffs.iter().enumerate() {
-            for c in 0..3 {
-                let mut ss: i64 = 1 << (PRECISION_BITS - 1);
-                for (i, &kw) in k.iter().enumerate() {
-                    let (x, y) = if horizontal {
-                        (start + i, line)
-                    } else {
-                        (line, start + i)
-                    };
-                    ss += src[(y * w + x) * 3 + c] as i64 * kw as i64;
+    if horizontal {
+        let mut out = vec![0u8; out_len * h * 3];
+        for (row, out_row) in src
+            .chunks_exact(w * 3)
+            .zip(out.chunks_exact_mut(out_len * 3))
+        {
+            for ((start, k), o) in coeffs.iter().zip(out_row.chunks_exact_mut(3)) {
+                let mut ss = [HALF; 3];
+                let taps = &row[start * 3..(start + k.len()) * 3];
+                for (px, &kw) in taps.chunks_exact(3).zip(k) {
+                    for (s, &v) in ss.iter_mut().zip(px) {
+                        *s += v as i64 * kw as i64;
+                    }
                 }
-                let (x, y) = if horizontal { (o, line) } else { (line, o) };
-                out[(y * ow + x) * 3 + c] = clip8(ss);
+                for (d, s) in o.iter_mut().zip(ss) {
+                    *d = clip8(s);
+                }
             }
         }
+        out
+    } else {
+        let mut out = vec![0u8; w * out_len * 3];
+        let mut acc = vec![0i64; w * 3];
+        for ((start, k), out_row) in coeffs.iter().zip(out.chunks_exact_mut(w * 3)) {
+            acc.fill(HALF);
+            for (i, &kw) in k.iter().enumerate() {
+                let row = &src[(start + i) * w * 3..(start + i + 1) * w * 3];
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v as i64 * kw as i64;
+                }
+            }
+            for (d, &a) in out_row.iter_mut().zip(&acc) {
+                *d = clip8(a);
+            }
+        }
+        out
     }
-    out
 }
 
 /// Resizes an interleaved RGB8 image (`w`×`h`) to `ow`×`oh` as Pillow does.
