@@ -133,6 +133,8 @@ pub struct GgufHeader {
 struct Cursor<'a> {
     b: &'a [u8],
     at: usize,
+    /// strings are read (UTF-8 checked and copied); otherwise only skipped
+    copy: bool,
 }
 
 /// Either a value, "need more bytes" or an error.
@@ -177,7 +179,11 @@ impl Cursor<'_> {
                 "GGUF: {what} declares a string of {len} bytes (more than glimpse's cap of {MAX_STRING}): the file is damaged"
             )));
         }
+        let copy = self.copy;
         let s = need!(self.take(len));
+        if !copy {
+            return Ok(Some(String::new()));
+        }
         String::from_utf8(s.to_vec())
             .map(Some)
             .map_err(|_| Error::Weights(format!("GGUF: {what} is not UTF-8")))
@@ -223,12 +229,27 @@ impl Cursor<'_> {
 /// Parses the header from the first bytes of a GGUF file; `Ok(None)` while the prefix is too
 /// short. Tensors must lie inside `file_len` when the length is known.
 pub fn parse_header(prefix: &[u8], file_len: Option<u64>) -> Result<Option<GgufHeader>> {
+    // The loader asks again after every chunk until the header is complete: a first pass that
+    // copies no string answers "more" at a cost per entry, not per byte (copying every string
+    // at every chunk made a header of many strings quadratic in its size). Its errors are left
+    // to the full pass, which names what is wrong.
+    if let Ok(None) = parse(prefix, file_len, false) {
+        return Ok(None);
+    }
+    parse(prefix, file_len, true)
+}
+
+fn parse(prefix: &[u8], file_len: Option<u64>, copy: bool) -> Result<Option<GgufHeader>> {
     if prefix.len() >= 4 && !is_gguf(prefix) {
         return Err(Error::Weights(
             "not a GGUF file (it does not start with \"GGUF\")".into(),
         ));
     }
-    let mut c = Cursor { b: prefix, at: 0 };
+    let mut c = Cursor {
+        b: prefix,
+        at: 0,
+        copy,
+    };
     need!(c.take(4));
     let version = need!(c.u32());
     if !(2..=3).contains(&version) {
