@@ -117,6 +117,23 @@ impl<'a> Checks<'a> {
         Ok(())
     }
 
+    /// The fields every transformer tower names alike: `hidden_size`, `num_attention_heads`
+    /// (dividing it), `intermediate_size`, `num_hidden_layers`, `layer_norm_eps`.
+    pub fn tower(
+        &self,
+        hidden: usize,
+        heads: usize,
+        intermediate: usize,
+        layers: usize,
+        eps: f64,
+    ) -> Result<()> {
+        self.width("hidden_size", hidden)?;
+        self.heads("num_attention_heads", heads, "hidden_size", hidden)?;
+        self.width("intermediate_size", intermediate)?;
+        self.layers("num_hidden_layers", layers)?;
+        self.eps("layer_norm_eps", eps)
+    }
+
     pub fn vocab(&self, field: &str, v: usize) -> Result<()> {
         self.range(field, v, 1, MAX_VOCAB)
     }

@@ -81,31 +81,25 @@ impl crate::io::config::HfConfig for BlipConfig {
     fn validate(&self, file: &str) -> Result<()> {
         let v = &self.vision_config;
         let c = Checks::new(file, "vision_config.");
-        c.width("hidden_size", v.hidden_size)?;
-        c.heads(
-            "num_attention_heads",
-            v.num_attention_heads,
-            "hidden_size",
+        c.tower(
             v.hidden_size,
+            v.num_attention_heads,
+            v.intermediate_size,
+            v.num_hidden_layers,
+            v.layer_norm_eps,
         )?;
-        c.width("intermediate_size", v.intermediate_size)?;
-        c.layers("num_hidden_layers", v.num_hidden_layers)?;
-        c.eps("layer_norm_eps", v.layer_norm_eps)?;
         c.image(v.image_size, v.patch_size, 3)?;
         let t = &self.text_config;
         let c = Checks::new(file, "text_config.");
         c.vocab("vocab_size", t.vocab_size)?;
-        c.width("hidden_size", t.hidden_size)?;
-        c.heads(
-            "num_attention_heads",
-            t.num_attention_heads,
-            "hidden_size",
+        c.tower(
             t.hidden_size,
+            t.num_attention_heads,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.layer_norm_eps,
         )?;
-        c.width("intermediate_size", t.intermediate_size)?;
-        c.layers("num_hidden_layers", t.num_hidden_layers)?;
         c.positions("max_position_embeddings", t.max_position_embeddings)?;
-        c.eps("layer_norm_eps", t.layer_norm_eps)?;
         for (field, id) in [
             ("bos_token_id", t.bos_token_id),
             ("sep_token_id", t.sep_token_id),

@@ -56,17 +56,14 @@ impl crate::io::config::HfConfig for ClipConfig {
         let t = &self.text_config;
         let c = Checks::new(file, "text_config.");
         c.vocab("vocab_size", t.vocab_size)?;
-        c.width("hidden_size", t.hidden_size)?;
-        c.heads(
-            "num_attention_heads",
-            t.num_attention_heads,
-            "hidden_size",
+        c.tower(
             t.hidden_size,
+            t.num_attention_heads,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.layer_norm_eps,
         )?;
-        c.width("intermediate_size", t.intermediate_size)?;
-        c.layers("num_hidden_layers", t.num_hidden_layers)?;
         c.positions("max_position_embeddings", t.max_position_embeddings)?;
-        c.eps("layer_norm_eps", t.layer_norm_eps)?;
         c.token("eos_token_id", Some(t.eos_token_id), t.vocab_size)?;
         self.vision_config
             .validate(&Checks::new(file, "vision_config."))

@@ -30,16 +30,13 @@ pub struct VisionConfig {
 impl VisionConfig {
     /// The checks every config holding a CLIP vision tower runs (see `HfConfig::validate`).
     pub fn validate(&self, c: &Checks) -> Result<()> {
-        c.width("hidden_size", self.hidden_size)?;
-        c.heads(
-            "num_attention_heads",
-            self.num_attention_heads,
-            "hidden_size",
+        c.tower(
             self.hidden_size,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.layer_norm_eps,
         )?;
-        c.width("intermediate_size", self.intermediate_size)?;
-        c.layers("num_hidden_layers", self.num_hidden_layers)?;
-        c.eps("layer_norm_eps", self.layer_norm_eps)?;
         c.image(self.image_size, self.patch_size, self.num_channels)
     }
 

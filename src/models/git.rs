@@ -53,17 +53,14 @@ impl crate::io::config::HfConfig for GitConfig {
     fn validate(&self, file: &str) -> Result<()> {
         let c = Checks::new(file, "");
         c.vocab("vocab_size", self.vocab_size)?;
-        c.width("hidden_size", self.hidden_size)?;
-        c.heads(
-            "num_attention_heads",
-            self.num_attention_heads,
-            "hidden_size",
+        c.tower(
             self.hidden_size,
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.layer_norm_eps,
         )?;
-        c.width("intermediate_size", self.intermediate_size)?;
-        c.layers("num_hidden_layers", self.num_hidden_layers)?;
         c.positions("max_position_embeddings", self.max_position_embeddings)?;
-        c.eps("layer_norm_eps", self.layer_norm_eps)?;
         for (field, id) in [
             ("bos_token_id", self.bos_token_id),
             ("eos_token_id", self.eos_token_id),
