@@ -191,6 +191,11 @@ pub struct ModelBenchRow {
     pub first_token_ms: f64,
     /// decode steps after the first token (0 for CLIP)
     pub tokens_per_s: f64,
+    /// GPU dispatches and submits per decode step after the first token (0 on the CPU)
+    pub dispatches_per_step: f64,
+    pub submits_per_step: f64,
+    /// decoder layers (dispatches per layer ≈ dispatches_per_step / layers, plus the head)
+    pub decoder_layers: usize,
 }
 
 /// config.json of a real model's shape (random weights): "base" follows microsoft/git-base,
@@ -302,12 +307,22 @@ pub async fn bench_model(
         image_encode_ms: 0.0,
         first_token_ms: 0.0,
         tokens_per_s: 0.0,
+        dispatches_per_step: 0.0,
+        submits_per_step: 0.0,
+        decoder_layers: 0,
     };
+    let counters = || match device {
+        Device::Gpu(c) => c.counters(),
+        Device::Cpu => (0, 0),
+    };
+    // counters around the one-token and the whole generation of the last round
+    let mut marks = [(0u64, 0u64); 4];
     // (encode, first token, total for new_tokens) in ms, measured after one warm-up round
     let (encode, first, total) = match arch {
         "git" => {
             let c: git::GitConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
             let m = git::Git::new(&vb, &c)?;
+            row.decoder_layers = c.num_hidden_layers;
             device.synchronize().await?;
             row.load_ms = now_ms() - t0;
             let s = c.vision_config.image_size;
@@ -319,6 +334,7 @@ pub async fn bench_model(
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&prefix, 1 + new_tokens)?,
                     &[101],
@@ -327,7 +343,9 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.1 = now_ms() - t;
+                (marks[0], marks[1]) = (c0, counters());
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&prefix, 1 + new_tokens)?,
                     &[101],
@@ -336,6 +354,7 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.2 = now_ms() - t;
+                (marks[2], marks[3]) = (c0, counters());
             }
             times
         }
@@ -343,6 +362,7 @@ pub async fn bench_model(
             let c: ved::VisionEncoderDecoderConfig =
                 serde_json::from_value(cfg).map_err(|_| parse(arch))?;
             let m = ved::VisionEncoderDecoder::new(&vb, &c)?;
+            row.decoder_layers = c.decoder["n_layer"].as_u64().unwrap_or(0) as usize;
             device.synchronize().await?;
             row.load_ms = now_ms() - t0;
             let px = Tensor::from_f32(
@@ -363,6 +383,7 @@ pub async fn bench_model(
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&enc, 1 + new_tokens)?,
                     &[0],
@@ -371,7 +392,9 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.1 = now_ms() - t;
+                (marks[0], marks[1]) = (c0, counters());
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&enc, 1 + new_tokens)?,
                     &[0],
@@ -380,12 +403,14 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.2 = now_ms() - t;
+                (marks[2], marks[3]) = (c0, counters());
             }
             times
         }
         "blip" => {
             let c: blip::BlipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
             let m = blip::Blip::new(&vb, &c, false)?;
+            row.decoder_layers = c.text_config.num_hidden_layers;
             device.synchronize().await?;
             row.load_ms = now_ms() - t0;
             let s = c.vision_config.image_size;
@@ -398,6 +423,7 @@ pub async fn bench_model(
                 device.synchronize().await?;
                 times.0 = now_ms() - t;
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&memory, 1 + new_tokens)?,
                     &[bos],
@@ -406,7 +432,9 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.1 = now_ms() - t;
+                (marks[0], marks[1]) = (c0, counters());
                 let t = now_ms();
+                let c0 = counters();
                 generate(
                     &mut m.decoder(&memory, 1 + new_tokens)?,
                     &[bos],
@@ -415,6 +443,7 @@ pub async fn bench_model(
                 )
                 .await?;
                 times.2 = now_ms() - t;
+                (marks[2], marks[3]) = (c0, counters());
             }
             times
         }
@@ -444,13 +473,19 @@ pub async fn bench_model(
     row.first_token_ms = first;
     if new_tokens > 1 && total > first {
         row.tokens_per_s = (new_tokens - 1) as f64 / ((total - first) / 1e3);
+        let steps = (new_tokens - 1) as f64;
+        let per = |f: fn((u64, u64)) -> u64| {
+            (f(marks[3]) - f(marks[2])).saturating_sub(f(marks[1]) - f(marks[0])) as f64 / steps
+        };
+        row.dispatches_per_step = per(|c| c.0);
+        row.submits_per_step = per(|c| c.1);
     }
     Ok(row)
 }
 
 pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
     let mut s = format!(
-        "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9}\n",
+        "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9} {:>16}\n",
         "arch",
         "size",
         "dtype",
@@ -459,11 +494,12 @@ pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
         "load ms",
         "image encode ms",
         "first token ms",
-        "tokens/s"
+        "tokens/s",
+        "dispatches/step"
     );
     for r in rows {
         s += &format!(
-            "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2}\n",
+            "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2} {:>16}\n",
             r.arch,
             r.size,
             r.dtype,
@@ -472,7 +508,17 @@ pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
             r.load_ms,
             r.image_encode_ms,
             r.first_token_ms,
-            r.tokens_per_s
+            r.tokens_per_s,
+            if r.dispatches_per_step > 0.0 {
+                format!(
+                    "{:.0} ({:.1}/layer, {:.0} submits)",
+                    r.dispatches_per_step,
+                    r.dispatches_per_step / r.decoder_layers.max(1) as f64,
+                    r.submits_per_step
+                )
+            } else {
+                "–".into()
+            }
         );
     }
     s

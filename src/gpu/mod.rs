@@ -7,6 +7,7 @@ mod pool;
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -140,6 +141,10 @@ const UNIFORM_CHUNK: u64 = 64 * 1024;
 /// (native tests share a context) must not interleave their uniforms with a submit.
 struct Recording {
     encoder: Option<wgpu::CommandEncoder>,
+    /// The one compute pass the step's dispatches go into, open until the encoder is needed for
+    /// something else (a readback copy) or submitted. WebGPU orders the dispatches of a pass
+    /// (each is its own usage scope), so a kernel reads what the previous one wrote.
+    pass: Option<wgpu::ComputePass<'static>>,
     dispatches: usize,
     uniforms: UniformArena,
 }
@@ -156,6 +161,9 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     uniform_align: u64,
+    /// Dispatches recorded and submits made since the context was created (benchmarks).
+    total_dispatches: std::sync::atomic::AtomicU64,
+    total_submits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -243,6 +251,7 @@ impl GpuContext {
             pipelines: Mutex::default(),
             recording: Mutex::new(Recording {
                 encoder: None,
+                pass: None,
                 dispatches: 0,
                 uniforms: UniformArena {
                     chunks: Vec::new(),
@@ -253,6 +262,8 @@ impl GpuContext {
             errors,
             lost,
             uniform_align,
+            total_dispatches: Default::default(),
+            total_submits: Default::default(),
         }))
     }
 
@@ -502,23 +513,32 @@ impl GpuContext {
             layout: &pipeline.layout,
             entries: &entries,
         });
-        let encoder = rec.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("glimpse step"),
-                })
-        });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(key.entry),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            let [x, y, z] = workload.workgroup_count;
-            pass.dispatch_workgroups(x, y, z);
-        }
+        let rec = &mut *rec;
+        let pass = match &mut rec.pass {
+            Some(pass) => pass,
+            slot => {
+                let encoder = rec.encoder.get_or_insert_with(|| {
+                    self.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("glimpse step"),
+                        })
+                });
+                slot.insert(
+                    encoder
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: Some("glimpse step"),
+                            timestamp_writes: None,
+                        })
+                        .forget_lifetime(),
+                )
+            }
+        };
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        let [x, y, z] = workload.workgroup_count;
+        pass.dispatch_workgroups(x, y, z);
         rec.dispatches += 1;
+        self.total_dispatches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -532,6 +552,8 @@ impl GpuContext {
 
     fn submit_locked(&self, rec: &mut Recording) {
         rec.dispatches = 0;
+        // end the pass: the encoder is locked while it is open
+        rec.pass = None;
         let Some(encoder) = rec.encoder.take() else {
             return;
         };
@@ -544,8 +566,17 @@ impl GpuContext {
         }
         u.current = 0;
         self.queue.submit([encoder.finish()]);
+        self.total_submits.fetch_add(1, Ordering::Relaxed);
         // weights dropped before this submit may have been read by it: destroy them now
         self.pool.destroy_retired();
+    }
+
+    /// (dispatches recorded, submits made) since the context was created.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.total_dispatches.load(Ordering::Relaxed),
+            self.total_submits.load(Ordering::Relaxed),
+        )
     }
 
     /// Number of dispatches recorded and not yet submitted.
@@ -580,6 +611,7 @@ impl GpuContext {
         });
         {
             let mut rec = lock(&self.recording);
+            rec.pass = None;
             rec.encoder
                 .get_or_insert_with(|| {
                     self.device
