@@ -149,12 +149,11 @@ impl VisionLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.add(&self.attn.forward(&self.ln1.forward(x)?, false, None)?)?;
-        let h = self.fc2.forward(&activation(
-            &self.fc1.forward(&self.ln2.forward(&x)?)?,
-            self.act,
-        )?)?;
-        x.add(&h)
+        let x = self
+            .attn
+            .forward_add(&self.ln1.forward(x)?, false, None, Some(x))?;
+        let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
+        self.fc2.forward_add(&h, &x)
     }
 }
 
@@ -267,7 +266,7 @@ impl BertAttention {
             },
         )?;
         self.ln
-            .forward(&self.dense.forward(&merge_heads(&a)?)?.add(x)?)
+            .forward(&self.dense.forward_add(&merge_heads(&a)?, x)?)
     }
 }
 
@@ -313,8 +312,8 @@ impl TextLayer {
         let h = self
             .crossattention
             .attend(&h, &cross.k, &cross.v, false, cross.k.dim(2))?;
-        let i = activation(&self.intermediate.forward(&h)?, self.act)?;
-        self.output_ln.forward(&self.output.forward(&i)?.add(&h)?)
+        let i = self.intermediate.forward_act(&h, self.act)?;
+        self.output_ln.forward(&self.output.forward_add(&i, &h)?)
     }
 }
 

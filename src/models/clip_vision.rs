@@ -8,7 +8,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
+use crate::nn::{check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,16 +83,12 @@ impl ClipEncoderLayer {
 
     /// `x [B, T, D]`; `causal` for CLIP's text tower, `mask` an additive `[B, T, T]` padding mask.
     pub fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = x.add(
-            &self
-                .attn
-                .forward(&self.layer_norm1.forward(x)?, causal, mask)?,
-        )?;
+        let x = self
+            .attn
+            .forward_add(&self.layer_norm1.forward(x)?, causal, mask, Some(x))?;
         let h = self.layer_norm2.forward(&x)?;
-        let h = self
-            .fc2
-            .forward(&activation(&self.fc1.forward(&h)?, self.act)?)?;
-        x.add(&h)
+        let h = self.fc1.forward_act(&h, self.act)?;
+        self.fc2.forward_add(&h, &x)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::generate::Decoder;
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, KvCache, LayerNorm, Linear};
+use crate::nn::{merge_heads, split_heads, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,11 +123,9 @@ impl GitLayer {
             kv_len: Some(cache.len),
         };
         let a = merge_heads(&Tensor::attention(&q, &cache.k, &cache.v, &opts)?)?;
-        let h = self
-            .attn_ln
-            .forward(&self.attn_dense.forward(&a)?.add(x)?)?;
-        let i = activation(&self.intermediate.forward(&h)?, self.act)?;
-        self.out_ln.forward(&self.out_dense.forward(&i)?.add(&h)?)
+        let h = self.attn_ln.forward(&self.attn_dense.forward_add(&a, x)?)?;
+        let i = self.intermediate.forward_act(&h, self.act)?;
+        self.out_ln.forward(&self.out_dense.forward_add(&i, &h)?)
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{activation, merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear};
+use crate::nn::{merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,9 +55,8 @@ impl crate::io::config::HfConfig for Gpt2Config {
 
 struct Block {
     ln_1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// c_attn: q, k and v in one Linear `[3·D, D]` (split into heads by one kernel)
+    qkv: Linear,
     c_proj: Linear,
     cross: Option<(LayerNorm, Linear, Linear, Linear, Linear)>,
     ln_2: LayerNorm,
@@ -72,16 +71,11 @@ impl Block {
     fn new(vb: &Vb, c: &Gpt2Config) -> Result<Block> {
         let d = c.n_embd;
         let inner = c.n_inner.unwrap_or(4 * d);
-        let mut qkv = vb
+        let qkv = vb
             .pp("attn")
             .pp("c_attn")
-            .conv1d_split(d, d, 3)?
-            .into_iter();
-        let mut next = || {
-            qkv.next()
-                .ok_or_else(|| Error::Weights("c_attn split".into()))
-        };
-        let (q, k, v) = (next()?, next()?, next()?);
+            .conv1d_split(d, 3 * d, 1)?
+            .remove(0);
         let cross = if c.add_cross_attention {
             let ca = vb.pp("crossattention");
             let mut kv = ca.pp("c_attn").conv1d_split(d, d, 2)?.into_iter();
@@ -106,9 +100,7 @@ impl Block {
         let head_dim = d / c.n_head;
         Ok(Block {
             ln_1: LayerNorm::new(&vb.pp("ln_1"), d, c.layer_norm_epsilon)?,
-            q,
-            k,
-            v,
+            qkv,
             c_proj: vb.pp("attn").pp("c_proj").conv1d_split(d, d, 1)?.remove(0),
             cross,
             ln_2: LayerNorm::new(&vb.pp("ln_2"), d, c.layer_norm_epsilon)?,
@@ -143,12 +135,8 @@ impl Block {
 
     fn forward(&self, x: &Tensor, cache: &mut KvCache, cross: Option<&CrossKv>) -> Result<Tensor> {
         let h = self.ln_1.forward(x)?;
-        // (B, T, D) -> (B, H, T, Dh)
-        let q = split_heads(&self.q.forward(&h)?, self.heads)?;
-        cache.append(
-            &split_heads(&self.k.forward(&h)?, self.heads)?,
-            &split_heads(&self.v.forward(&h)?, self.heads)?,
-        )?;
+        // (B, T, 3·D) -> q (B, H, T, Dh); k and v into the cache
+        let q = cache.append_qkv(&self.qkv.forward(&h)?)?;
         let opts = AttentionOpts {
             scale: self.scale,
             causal: true,
@@ -156,7 +144,7 @@ impl Block {
             kv_len: Some(cache.len),
         };
         let a = Tensor::attention(&q, &cache.k, &cache.v, &opts)?;
-        let mut x = x.add(&self.c_proj.forward(&merge_heads(&a)?)?)?;
+        let mut x = self.c_proj.forward_add(&merge_heads(&a)?, x)?;
         if let (Some((ln, cq, _, _, cp)), Some(kv)) = (&self.cross, cross) {
             let q = split_heads(&cq.forward(&ln.forward(&x)?)?, self.heads)?;
             let a = Tensor::attention(
@@ -168,13 +156,10 @@ impl Block {
                     ..Default::default()
                 },
             )?;
-            x = x.add(&cp.forward(&merge_heads(&a)?)?)?;
+            x = cp.forward_add(&merge_heads(&a)?, &x)?;
         }
-        let m = self.mlp_proj.forward(&activation(
-            &self.c_fc.forward(&self.ln_2.forward(&x)?)?,
-            self.act,
-        )?)?;
-        x.add(&m)
+        let h = self.c_fc.forward_act(&self.ln_2.forward(&x)?, self.act)?;
+        self.mlp_proj.forward_add(&h, &x)
     }
 }
 

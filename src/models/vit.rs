@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{activation, check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
+use crate::nn::{check_pixels, with_class_token, LayerNorm, Linear, SelfAttention};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,16 +85,13 @@ impl VitLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.add(
-            &self
-                .attn
-                .forward(&self.ln_before.forward(x)?, false, None)?,
-        )?;
-        let h = activation(
-            &self.intermediate.forward(&self.ln_after.forward(&x)?)?,
-            self.act,
-        )?;
-        x.add(&self.output.forward(&h)?)
+        let x = self
+            .attn
+            .forward_add(&self.ln_before.forward(x)?, false, None, Some(x))?;
+        let h = self
+            .intermediate
+            .forward_act(&self.ln_after.forward(&x)?, self.act)?;
+        self.output.forward_add(&h, &x)
     }
 }
 

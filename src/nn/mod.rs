@@ -27,6 +27,14 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.linear(&self.weight, self.bias.as_ref())
     }
+    /// `act(self(x))`, fused on the GPU.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        x.linear_fused(&self.weight, self.bias.as_ref(), Some(act), None)
+    }
+    /// `residual + self(x)`, fused on the GPU (a transformer block's residual connection).
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        x.linear_fused(&self.weight, self.bias.as_ref(), None, Some(residual))
+    }
 }
 
 pub struct LayerNorm {
@@ -49,12 +57,7 @@ impl LayerNorm {
 }
 
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    match act {
-        Activation::Gelu => x.gelu_erf(),
-        Activation::GeluTanh => x.gelu_tanh(),
-        Activation::QuickGelu => x.quick_gelu(),
-        Activation::Silu => x.silu(),
-    }
+    x.activation(act)
 }
 
 /// `[B, T, H·D] -> [B, H, T, D]`
@@ -129,6 +132,19 @@ impl KvCache {
         Ok(())
     }
 
+    /// Appends the k and v of a fused projection `qkv [B, T, 3·H·Dh]` (see
+    /// [`Tensor::split_qkv_into`]) and returns its q `[B, H, T, Dh]`.
+    pub fn append_qkv(&mut self, qkv: &Tensor) -> Result<Tensor> {
+        let t = qkv.dim(1);
+        if self.len + t > self.capacity() {
+            let grown = self.extended((self.len + t).max(2 * self.capacity()))?;
+            *self = grown;
+        }
+        let q = qkv.split_qkv_into(self.k.dim(1), &self.k, &self.v, self.len)?;
+        self.len += t;
+        Ok(q)
+    }
+
     /// A cache holding rows `rows` of this one's batch (beam search reorders its beams); only
     /// the positions in use are copied.
     pub fn select_rows(&self, rows: &[usize]) -> Result<KvCache> {
@@ -171,6 +187,17 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `x [B, T, D]` -> `out(attention(x))` `[B, T, D]`.
     pub fn forward(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_add(x, causal, mask, None)
+    }
+
+    /// `residual + out(attention(x))`, the residual add fused into the output projection.
+    pub fn forward_add(
+        &self,
+        x: &Tensor,
+        causal: bool,
+        mask: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         // (B, T, D) -> (B, H, T, Dh) each
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let k = split_heads(&self.k.forward(x)?, self.heads)?;
@@ -182,8 +209,11 @@ impl SelfAttention {
             mask,
             kv_len: None,
         };
-        self.out
-            .forward(&merge_heads(&Tensor::attention(&q, &k, &v, &opts)?)?)
+        let a = merge_heads(&Tensor::attention(&q, &k, &v, &opts)?)?;
+        match residual {
+            Some(r) => self.out.forward_add(&a, r),
+            None => self.out.forward(&a),
+        }
     }
 }
 

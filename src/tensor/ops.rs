@@ -4,6 +4,7 @@ use super::{same_device, DType, Storage, Tensor};
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::kernels as gk;
+use crate::io::config::Activation;
 
 /// Options of [`Tensor::attention`].
 #[derive(Debug, Clone, Default)]
@@ -86,9 +87,23 @@ impl Tensor {
     /// A Linear layer: `self [..., K] · w [N, K]ᵀ + bias [N] -> [..., N]`. `w` may be f32, f16,
     /// q8_0 or q4_0 (dequantized inside the kernel). One-row inputs use the GEMV kernel.
     pub fn linear(&self, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_fused(w, bias, None, None)
+    }
+
+    /// `act(self · wᵀ + bias) + residual`, as [`Tensor::linear`] then [`Tensor::activation`] then
+    /// [`Tensor::add`], with the same values; on the GPU one dispatch (the matmul kernel's
+    /// epilogue). `residual` has the output's shape.
+    pub fn linear_fused(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        act: Option<Activation>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let op = "linear";
         let mut all = vec![self, w];
         all.extend(bias);
+        all.extend(residual);
         same_device(op, &all)?;
         self.expect_dtype(op, DType::F32)?;
         if w.rank() != 2 || w.dtype() == DType::U32 {
@@ -125,6 +140,25 @@ impl Tensor {
         let rows = self.numel() / k.max(1);
         let mut out_shape = self.shape()[..self.rank() - 1].to_vec();
         out_shape.push(n);
+        if let Some(r) = residual {
+            r.expect_dtype(op, DType::F32)?;
+            if r.shape() != out_shape.as_slice() {
+                return Err(Error::shape(
+                    op,
+                    format!("residual {:?} should be {out_shape:?}", r.shape()),
+                ));
+            }
+        }
+        let unfused = |y: Tensor| -> Result<Tensor> {
+            let y = match act {
+                Some(a) => y.activation(a)?,
+                None => y,
+            };
+            match residual {
+                Some(r) => y.add(r),
+                None => Ok(y),
+            }
+        };
         if let Some(chunks) = w.split_chunks() {
             // a weight split by rows: each chunk gives a slice of the outputs, joined on the last dim
             let mut outs = Vec::with_capacity(chunks.len());
@@ -132,11 +166,24 @@ impl Tensor {
                 let b = bias.map(|b| b.narrow(0, *start, c.dim(0))).transpose()?;
                 outs.push(self.linear(c, b.as_ref())?);
             }
-            return Tensor::cat(&outs.iter().collect::<Vec<_>>(), out_shape.len() - 1);
+            return unfused(Tensor::cat(
+                &outs.iter().collect::<Vec<_>>(),
+                out_shape.len() - 1,
+            )?);
         }
         match self.storage() {
-            Storage::Gpu { .. } => gk::matmul::linear(self, w, bias, rows, n, k, &out_shape),
-            _ => cpu::linear(self, w, bias, &out_shape),
+            Storage::Gpu { .. } => gk::matmul::linear(
+                self,
+                w,
+                bias,
+                act.map(gk::elementwise::UnaryOp::of),
+                residual,
+                rows,
+                n,
+                k,
+                &out_shape,
+            ),
+            _ => unfused(cpu::linear(self, w, bias, &out_shape)?),
         }
     }
 
@@ -172,6 +219,10 @@ impl Tensor {
             Storage::Gpu { .. } => gk::elementwise::unary(self, op),
             _ => cpu::unary(self, op),
         }
+    }
+    /// A model's activation function.
+    pub fn activation(&self, act: Activation) -> Result<Tensor> {
+        self.unary(gk::elementwise::UnaryOp::of(act))
     }
     /// GELU with the exact erf (BERT, ViT, CLIP-ViT in HF as "gelu").
     pub fn gelu_erf(&self) -> Result<Tensor> {
@@ -439,6 +490,17 @@ impl Tensor {
             ));
         }
         let shape: Vec<usize> = dims.iter().map(|&d| self.shape()[d]).collect();
+        // Moving only dims of size 1 keeps every element where it is (split_heads of one
+        // decode token: [B, 1, H, D] -> [B, H, 1, D]): a view, no copy and no dispatch.
+        let kept: Vec<usize> = dims
+            .iter()
+            .copied()
+            .filter(|&d| self.shape()[d] != 1)
+            .collect();
+        let in_order = kept.windows(2).all(|w| w[0] < w[1]);
+        if in_order && matches!(self.storage(), Storage::Gpu { .. } | Storage::Cpu(_)) {
+            return self.reshape(&shape);
+        }
         match self.storage() {
             Storage::Gpu { .. } => gk::layout::permute(self, dims, &shape),
             _ => Tensor::from_candle(self.candle("permute")?.permute(dims)?.contiguous()?),
@@ -533,6 +595,58 @@ impl Tensor {
         match self.storage() {
             Storage::Gpu { .. } => gk::layout::write_slice(self, src, dim, offset),
             _ => Ok(self.candle(op)?.slice_set(src.candle(op)?, dim, offset)?),
+        }
+    }
+
+    /// A fused q/k/v projection `self [B, T, 3·H·Dh]` split into heads: returns q `[B, H, T, Dh]`
+    /// and writes k and v into `k_cache` / `v_cache` `[B, H, capacity, Dh]` at position `pos`
+    /// along dim 2 — on the GPU in one dispatch.
+    pub fn split_qkv_into(
+        &self,
+        heads: usize,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let op = "split_qkv";
+        same_device(op, &[self, k_cache, v_cache])?;
+        self.expect_dtype(op, DType::F32)?;
+        k_cache.expect_dtype(op, DType::F32)?;
+        v_cache.expect_dtype(op, DType::F32)?;
+        let ok = self.rank() == 3 && heads > 0 && self.dim(2) % (3 * heads) == 0;
+        let (b, t) = (self.dim(0), self.dim(1));
+        let dh = if ok { self.dim(2) / 3 / heads } else { 0 };
+        let cache_ok = |c: &Tensor| {
+            c.rank() == 4
+                && c.dim(0) == b
+                && c.dim(1) == heads
+                && c.dim(3) == dh
+                && pos + t <= c.dim(2)
+        };
+        if !ok || !cache_ok(k_cache) || !cache_ok(v_cache) || k_cache.shape() != v_cache.shape() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{:?} with {heads} heads does not fit caches {:?} / {:?} at {pos}",
+                    self.shape(),
+                    k_cache.shape(),
+                    v_cache.shape()
+                ),
+            ));
+        }
+        match self.storage() {
+            Storage::Gpu { .. } => gk::layout::split_qkv(self, heads, k_cache, v_cache, pos),
+            _ => {
+                let d = heads * dh;
+                let part = |i: usize| -> Result<Tensor> {
+                    self.narrow(2, i * d, d)?
+                        .reshape(&[b, t, heads, dh])?
+                        .permute(&[0, 2, 1, 3])
+                };
+                k_cache.write_slice(&part(1)?, 2, pos)?;
+                v_cache.write_slice(&part(2)?, 2, pos)?;
+                part(0)
+            }
         }
     }
 

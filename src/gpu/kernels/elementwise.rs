@@ -11,7 +11,7 @@ static BINARY: Shader = Shader {
 };
 static UNARY: Shader = Shader {
     name: "unary.wgsl",
-    source: include_str!("unary.wgsl"),
+    source: concat!(include_str!("activation.wgsl"), include_str!("unary.wgsl")),
 };
 const WG: u32 = 256;
 
@@ -30,6 +30,7 @@ impl BinaryOp {
     }
 }
 
+/// The discriminant is activation.wgsl's `op`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnaryOp {
     GeluErf,
@@ -39,6 +40,17 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
+    /// The kernel of a model's activation function.
+    pub fn of(act: crate::io::config::Activation) -> UnaryOp {
+        use crate::io::config::Activation;
+        match act {
+            Activation::Gelu => UnaryOp::GeluErf,
+            Activation::GeluTanh => UnaryOp::GeluTanh,
+            Activation::QuickGelu => UnaryOp::QuickGelu,
+            Activation::Silu => UnaryOp::Silu,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             UnaryOp::GeluErf => "gelu_erf",

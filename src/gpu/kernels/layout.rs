@@ -212,3 +212,67 @@ pub(crate) fn im2col(x: &Tensor, patch: usize) -> Result<Tensor> {
     )?;
     Ok(Tensor::gpu(ctx, out, &shape, DType::F32))
 }
+
+static QKV: Shader = Shader {
+    name: "qkv.wgsl",
+    source: include_str!("qkv.wgsl"),
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct QkvParams {
+    batch: u32,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    capacity: u32,
+    pos: u32,
+    numel: u32,
+    row_pitch: u32,
+}
+
+/// `qkv [B, T, 3·H·Dh]` -> q `[B, H, T, Dh]`, with k and v written into the caches
+/// `[B, H, capacity, Dh]` at position `pos` (qkv.wgsl). Shapes were checked by the caller.
+pub(crate) fn split_qkv(
+    qkv: &Tensor,
+    heads: usize,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: usize,
+) -> Result<Tensor> {
+    let op = "split_qkv";
+    let (ctx, src) = parts(qkv)?;
+    let (_, kbuf) = parts(k_cache)?;
+    let (_, vbuf) = parts(v_cache)?;
+    let (b, t, hd3) = (qkv.dim(0), qkv.dim(1), qkv.dim(2));
+    let dh = hd3 / 3 / heads;
+    let q_shape = [b, heads, t, dh];
+    let q = output(ctx, op, &q_shape, DType::F32)?;
+    let numel = qkv.numel();
+    let workload = Workload::linear(numel, WG);
+    let params = QkvParams {
+        batch: u32_of(op, "B", b)?,
+        tokens: u32_of(op, "T", t)?,
+        heads: u32_of(op, "H", heads)?,
+        head_dim: u32_of(op, "Dh", dh)?,
+        capacity: u32_of(op, "capacity", k_cache.dim(2))?,
+        pos: u32_of(op, "pos", pos)?,
+        numel: u32_of(op, "numel", numel)?,
+        row_pitch: workload.workgroup_count[0] * WG,
+    };
+    launch(
+        ctx,
+        &QKV,
+        "split_qkv",
+        vec![],
+        &params,
+        &[
+            (src, qkv.gpu_bytes()),
+            (&q, (numel / 3 * 4) as u64),
+            (kbuf, k_cache.gpu_bytes()),
+            (vbuf, v_cache.gpu_bytes()),
+        ],
+        workload,
+    )?;
+    Ok(Tensor::gpu(ctx, q, &q_shape, DType::F32))
+}

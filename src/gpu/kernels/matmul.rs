@@ -1,5 +1,6 @@
 //! GEMM (prefill) and GEMV (decode) against f32 / f16 / q8_0 / q4_0 weights: matmul.wgsl.
 
+use super::elementwise::UnaryOp;
 use super::{launch, output, parts, placeholder, u32_of};
 use crate::error::{Error, Result};
 use crate::gpu::{Shader, Workload};
@@ -7,7 +8,7 @@ use crate::tensor::{quant, DType, Tensor};
 
 static SHADER: Shader = Shader {
     name: "matmul.wgsl",
-    source: include_str!("matmul.wgsl"),
+    source: concat!(include_str!("activation.wgsl"), include_str!("matmul.wgsl")),
 };
 
 /// GEMM tile of 64×64 outputs from 16×16 invocations (matmul.wgsl's BM, BN, TM, TN).
@@ -28,6 +29,8 @@ struct Params {
     b_batch_stride: u32,
     c_batch_stride: u32,
     scale_offset: u32,
+    has_residual: u32,
+    _pad: [u32; 3],
 }
 
 /// Word offset of the scales in a quantized weight of `numel` values.
@@ -72,6 +75,8 @@ pub(crate) fn matmul(
         },
         c_batch_stride: u32_of(op, "M·N", m * n)?,
         scale_offset: 0,
+        has_residual: 0,
+        _pad: [0; 3],
     };
     let workload = Workload {
         workgroup_size: GEMM_WG,
@@ -92,17 +97,22 @@ pub(crate) fn matmul(
             (bbuf, b.gpu_bytes()),
             (&dummy, 4),
             (&out, (m * n * batch * 4) as u64),
+            (&dummy, 4),
         ],
         workload,
     )?;
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
 }
 
-/// `x [rows, K] · w [N, K]ᵀ + bias`: GEMV for one row, GEMM otherwise.
+/// `act(x [rows, K] · w [N, K]ᵀ + bias) + residual`: GEMV for one row, GEMM otherwise; the
+/// activation and the residual add run in the kernel's epilogue. `residual` has the output's shape.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    act: Option<UnaryOp>,
+    residual: Option<&Tensor>,
     rows: usize,
     n: usize,
     k: usize,
@@ -118,13 +128,14 @@ pub(crate) fn linear(
         ));
     }
     let out = output(ctx, "linear output", out_shape, DType::F32)?;
-    let dummy;
+    let dummy = placeholder(ctx)?;
     let (bbuf, bbytes) = match bias {
         Some(b) => (parts(b)?.1, b.gpu_bytes()),
-        None => {
-            dummy = placeholder(ctx)?;
-            (&dummy, 4)
-        }
+        None => (&dummy, 4),
+    };
+    let (rbuf, rbytes) = match residual {
+        Some(r) => (parts(r)?.1, r.gpu_bytes()),
+        None => (&dummy, 4),
     };
     let params = Params {
         m: u32_of(op, "rows", rows)?,
@@ -135,13 +146,20 @@ pub(crate) fn linear(
         b_batch_stride: 0,
         c_batch_stride: 0,
         scale_offset: scale_offset(w.dtype(), w.numel()),
+        has_residual: residual.is_some() as u32,
+        _pad: [0; 3],
     };
-    let constants = vec![("WDTYPE", w.dtype().kernel_code()), ("B_TRANS", 1)];
+    let constants = vec![
+        ("WDTYPE", w.dtype().kernel_code()),
+        ("B_TRANS", 1),
+        ("ACT", act.map_or(0, |a| a as u32 + 1)),
+    ];
     let buffers = [
         (xbuf, x.gpu_bytes()),
         (wbuf, w.gpu_bytes()),
         (bbuf, bbytes),
         (&out, (rows * n * 4) as u64),
+        (rbuf, rbytes),
     ];
     if rows == 1 {
         let workload = Workload {

@@ -1,7 +1,12 @@
 // Matrix products against weights in any storage format, dequantized inside the kernel.
+// (activation.wgsl is prepended by the host.)
 //
 //   matmul: C[b] = A[b] · B[b] (+ bias)   tiled GEMM, 64×64 outputs per workgroup (prefill)
 //   gemv:   c    = a · Bᵀ (+ bias)        one input row per workgroup.z, 8 output rows per workgroup (decode)
+//
+// Both end in the same epilogue: v = acc (+ bias[n]); v = activate(v) when ACT > 0 (op ACT - 1);
+// v += residual[m, n] when has_residual — a Linear, its activation and the residual add of a
+// transformer block in one dispatch.
 //
 // A and C are f32. B is read as 32-bit words, decoded per WDTYPE (layouts: src/tensor/quant.rs):
 //   0 f32, 1 f16 (two per word), 2 q8_0 (8 words of quants per 32-value block), 3 q4_0 (4 words).
@@ -17,18 +22,39 @@ struct Params {
     b_batch_stride: u32,   // elements (0: B shared by every batch)
     c_batch_stride: u32,   // elements
     scale_offset: u32,     // words
+    has_residual: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
 override WDTYPE: u32 = 0u;
 override B_TRANS: bool = true;  // B is [N, K] (a Linear's weight) rather than [K, N]
+override ACT: u32 = 0u;  // 0: none, else activation.wgsl's op ACT - 1
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+
+// The epilogue of output (row m of batch, column n), at index i of c.
+fn epilogue(acc: f32, n: u32, i: u32) -> f32 {
+    var v = acc;
+    if (p.has_bias != 0u) {
+        v += bias[n];
+    }
+    if (ACT > 0u) {
+        v = activate(v, ACT - 1u);
+    }
+    if (p.has_residual != 0u) {
+        v += residual[i];
+    }
+    return v;
+}
 
 // GEMM tile: BM×BN outputs, BK-deep slices; each of the 16×16 invocations owns TM×TN outputs.
 const BM: u32 = 64u;
@@ -199,11 +225,8 @@ fn matmul(
         for (var j = 0u; j < TN; j++) {
             let gn = n0 + lid.x + j * WG_X;
             if (gm < p.m && gn < p.n) {
-                var v = acc[i * TN + j];
-                if (p.has_bias != 0u) {
-                    v += bias[gn];
-                }
-                c[c_base + gm * p.n + gn] = v;
+                let ci = c_base + gm * p.n + gn;
+                c[ci] = epilogue(acc[i * TN + j], gn, ci);
             }
         }
     }
@@ -268,10 +291,7 @@ fn gemv(
         workgroupBarrier();
     }
     if (lane == 0u && n < p.n) {
-        var v = red[lid.x];
-        if (p.has_bias != 0u) {
-            v += bias[n];
-        }
-        c[row * p.n + n] = v;
+        let ci = row * p.n + n;
+        c[ci] = epilogue(red[lid.x], n, ci);
     }
 }
