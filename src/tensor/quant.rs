@@ -10,11 +10,13 @@
 //! Blocks run along K within a row, rows follow each other: block b = n * (K/32) + k/32.
 //!
 //! Quantization is glimpse's own scalar code (ggml's reference rounding, bit-identical to
-//! candle's portable quantizer), and a quantized Linear on the CPU multiplies f32 activations by
-//! the dequantized weights, as the GPU kernels do. It never quantizes the activations: rounding
-//! activations to 8 bits turns the last-bit differences between platforms (SIMD widths, libm)
-//! into whole quantization steps, so the same weights would caption differently natively and in
-//! wasm.
+//! candle's portable quantizer). A quantized Linear on the CPU ([`gemv`]) multiplies the weights'
+//! quants by activations rounded to 16-bit blocks, in integers (8 multiply-adds per wasm
+//! instruction), with the same bits on every platform. It does not round activations to 8 bits:
+//! that would turn the last-bit differences between platforms (SIMD widths, libm) into whole
+//! quantization steps, so the same weights would caption differently natively and in wasm; a
+//! 16-bit step is 128 times finer. The GPU kernels multiply f32 activations by the dequantized
+//! weights.
 
 use super::DType;
 use crate::error::{Error, Result};
@@ -117,15 +119,41 @@ fn scale(blk: &[u8]) -> f32 {
     half::f16::from_le_bytes([blk[0], blk[1]]).to_f32()
 }
 
+/// The 32 weights of one ggml block, dequantized: each quant times the block's scale. The
+/// product of a quant (at most 8 bits) and an f16 scale (11 bits) is exact in f32, so this is
+/// the value the weight stands for, with no rounding of its own. Written as straight loops over
+/// fixed-size arrays so that the compiler vectorizes them (simd128 in wasm, SSE/AVX natively).
+#[inline(always)]
+fn dequantize_block(blk: &[u8], q8: bool, w: &mut [f32; BLOCK]) {
+    let d = scale(blk);
+    let qs = &blk[2..];
+    if q8 {
+        let Some(qs) = qs.first_chunk::<BLOCK>() else {
+            return;
+        };
+        for (t, &v) in w.iter_mut().zip(qs) {
+            *t = (v as i8) as f32 * d;
+        }
+    } else {
+        let Some(qs) = qs.first_chunk::<{ BLOCK / 2 }>() else {
+            return;
+        };
+        let (lo, hi) = w.split_at_mut(BLOCK / 2);
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+            *l = ((v & 0xf) as i32 - 8) as f32 * d;
+            *h = ((v >> 4) as i32 - 8) as f32 * d;
+        }
+    }
+}
+
 /// f32 values of ggml q8_0 (`q8`) or q4_0 blocks; a trailing partial block is ignored.
 pub fn dequantize_ggml(bytes: &[u8], q8: bool) -> Vec<f32> {
     let bb = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
-    let mut out = Vec::with_capacity(bytes.len() / bb * BLOCK);
-    let mut q = [0f32; BLOCK];
-    for blk in bytes.chunks_exact(bb) {
-        let d = scale(blk);
-        quants(&blk[2..], q8, &mut q);
-        out.extend(q.iter().map(|&v| v * d));
+    let nblocks = bytes.len() / bb;
+    let mut out = vec![0f32; nblocks * BLOCK];
+    let (dst, _) = out.as_chunks_mut::<BLOCK>();
+    for (blk, w) in bytes.chunks_exact(bb).zip(dst) {
+        dequantize_block(blk, q8, w);
     }
     out
 }
@@ -136,9 +164,124 @@ pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
     Ok(dequantize_ggml(bytes, dtype == DType::Q8_0))
 }
 
-/// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`:
-/// each block's 32 products summed in f32, scaled by the block's d, the blocks summed in order.
-/// The same sums on every platform.
+/// One row of activations for the integer kernel: per block of 32 a scale `d = max|x| / 32767`
+/// and the values `round(x / d)` as i16 (ggml's q8_1 idea at 16 bits). The rounding moves an
+/// activation by at most 1/65534 of its block's largest value — far below the weights' own q8_0
+/// step (1/254 of theirs) — so last-bit differences between platforms (SIMD widths, libm) almost
+/// never move a 16-bit step, where 8-bit activations would turn them into visible changes.
+struct QRow {
+    q: Vec<[i16; BLOCK]>,
+    d: Vec<f32>,
+}
+
+fn quantize_row(x: &[f32]) -> QRow {
+    let (blocks, _) = x.as_chunks::<BLOCK>();
+    let mut q = vec![[0i16; BLOCK]; blocks.len()];
+    let mut d = vec![0f32; blocks.len()];
+    for ((xb, qb), db) in blocks.iter().zip(q.iter_mut()).zip(d.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // a non-finite value makes d non-finite, and the outputs that read it NaN or inf
+        *db = amax / 32767.0;
+        let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+        for (t, &v) in qb.iter_mut().zip(xb) {
+            *t = (v * id).round() as i16;
+        }
+    }
+    QRow { q, d }
+}
+
+/// The 32 quants of one ggml block as i16 (q8_0's bytes, or q4_0's nibbles minus 8) and its scale.
+#[inline(always)]
+fn block_quants(blk: &[u8], q8: bool, w: &mut [i16; BLOCK]) -> f32 {
+    let d = scale(blk);
+    let qs = &blk[2..];
+    if q8 {
+        if let Some(qs) = qs.first_chunk::<BLOCK>() {
+            for (t, &v) in w.iter_mut().zip(qs) {
+                *t = (v as i8) as i16;
+            }
+        }
+    } else if let Some(qs) = qs.first_chunk::<{ BLOCK / 2 }>() {
+        let (lo, hi) = w.split_at_mut(BLOCK / 2);
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
+            *l = (v & 0xf) as i16 - 8;
+            *h = (v >> 4) as i16 - 8;
+        }
+    }
+    d
+}
+
+/// `a[l] += (s[l] as f32) · d` where `s[l]` is the exact integer sum of the products `x[i]·w[i]`
+/// whose index i has (i / 2) mod 4 = l — the lanes of wasm's `i32x4.dot_i16x8_s` summed over the
+/// block's four 8-wide chunks. Integer sums are exact in any order; the f32 steps are one
+/// conversion, one multiply and one add per lane, so every platform gets the same bits.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+#[inline(always)]
+fn block_fma(a: &mut [f32; 4], x: &[i16; BLOCK], w: &[i16; BLOCK], d: f32) {
+    let mut s = [0i32; 4];
+    for c in 0..BLOCK / 8 {
+        for (l, sl) in s.iter_mut().enumerate() {
+            let i = 8 * c + 2 * l;
+            *sl += x[i] as i32 * w[i] as i32 + x[i + 1] as i32 * w[i + 1] as i32;
+        }
+    }
+    for l in 0..4 {
+        a[l] += s[l] as f32 * d;
+    }
+}
+
+/// [`block_fma`] in simd128: four `i32x4.dot_i16x8_s`, one convert, one multiply, one add.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn block_fma(a: &mut [f32; 4], x: &[i16; BLOCK], w: &[i16; BLOCK], d: f32) {
+    use core::arch::wasm32::*;
+    let v = |t: &[i16; BLOCK], c: usize| {
+        let o = 8 * c;
+        i16x8(
+            t[o],
+            t[o + 1],
+            t[o + 2],
+            t[o + 3],
+            t[o + 4],
+            t[o + 5],
+            t[o + 6],
+            t[o + 7],
+        )
+    };
+    let s = i32x4_add(
+        i32x4_add(
+            i32x4_dot_i16x8(v(x, 0), v(w, 0)),
+            i32x4_dot_i16x8(v(x, 1), v(w, 1)),
+        ),
+        i32x4_add(
+            i32x4_dot_i16x8(v(x, 2), v(w, 2)),
+            i32x4_dot_i16x8(v(x, 3), v(w, 3)),
+        ),
+    );
+    let acc = f32x4(a[0], a[1], a[2], a[3]);
+    let r = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)));
+    *a = [
+        f32x4_extract_lane::<0>(r),
+        f32x4_extract_lane::<1>(r),
+        f32x4_extract_lane::<2>(r),
+        f32x4_extract_lane::<3>(r),
+    ];
+}
+
+/// The four lanes summed in a fixed tree.
+#[inline(always)]
+fn lane_sum(a: &[f32; 4]) -> f32 {
+    (a[0] + a[2]) + (a[1] + a[3])
+}
+
+/// Rows of x one pass over the weight serves (each block is decoded once for all of them).
+const ROW_GROUP: usize = 4;
+
+/// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`,
+/// the CPU path's quantized Linear for any number of rows: each row of x is rounded to 16-bit
+/// blocks ([`QRow`]), each weight block is multiplied into a group of rows in integers
+/// ([`block_fma`]), and the block sums are scaled by both blocks' scales into four f32 lanes, summed
+/// in a fixed tree. The same bits on every platform; in wasm, 8 multiply-adds per instruction.
 pub fn gemv(
     x: &[f32],
     rows: usize,
@@ -149,7 +292,7 @@ pub fn gemv(
 ) -> Result<Vec<f32>> {
     let bb = block_bytes(dtype)?;
     let bpr = k / BLOCK;
-    if w.len() != n * bpr * bb || x.len() != rows * k {
+    if w.len() != n * bpr * bb || x.len() != rows * k || !k.is_multiple_of(BLOCK) {
         return Err(Error::shape(
             "linear",
             format!(
@@ -159,19 +302,26 @@ pub fn gemv(
             ),
         ));
     }
+    let q8 = dtype == DType::Q8_0;
     let mut y = vec![0f32; rows * n];
-    let mut q = [0f32; BLOCK];
-    for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
-        for (b, blk) in wrow.chunks_exact(bb).enumerate() {
-            let d = scale(blk);
-            quants(&blk[2..], dtype == DType::Q8_0, &mut q);
-            for r in 0..rows {
-                let xs = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
-                let mut s = 0f32;
-                for i in 0..BLOCK {
-                    s += xs[i] * q[i];
+    if rows == 0 || bpr == 0 || n == 0 {
+        return Ok(y);
+    }
+    let xq: Vec<QRow> = x.chunks_exact(k).map(quantize_row).collect();
+    let mut wq = [0i16; BLOCK];
+    for (g, group) in xq.chunks(ROW_GROUP).enumerate() {
+        for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
+            let mut acc = [[0f32; 4]; ROW_GROUP];
+            for (b, blk) in wrow.chunks_exact(bb).enumerate() {
+                let dw = block_quants(blk, q8, &mut wq);
+                for (a, xr) in acc.iter_mut().zip(group) {
+                    if let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) {
+                        block_fma(a, xb, &wq, dw * dx);
+                    }
                 }
-                y[r * n + j] += s * d;
+            }
+            for (r, a) in acc.iter().take(group.len()).enumerate() {
+                y[(g * ROW_GROUP + r) * n + j] = lane_sum(a);
             }
         }
     }
@@ -298,24 +448,66 @@ mod tests {
 
     #[test]
     fn gemv_is_the_dequantized_product() {
-        let (n, k, rows) = (5, 96, 3);
+        let (n, k) = (5, 96);
         let w = data(n * k);
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
-            .collect();
-        for dtype in [DType::Q8_0, DType::Q4_0] {
-            let q = quantize("w", &w, &[n, k], dtype).unwrap();
-            let deq = dequantize_blocks(&q, dtype).unwrap();
-            let y = gemv(&x, rows, &q, n, k, dtype).unwrap();
-            for r in 0..rows {
-                for j in 0..n {
-                    let want: f32 = (0..k).map(|i| x[r * k + i] * deq[j * k + i]).sum();
-                    assert!(
-                        (y[r * n + j] - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{dtype:?}"
-                    );
+        for rows in [1, 3, 6] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+                .collect();
+            for dtype in [DType::Q8_0, DType::Q4_0] {
+                let q = quantize("w", &w, &[n, k], dtype).unwrap();
+                let deq = dequantize_blocks(&q, dtype).unwrap();
+                let y = gemv(&x, rows, &q, n, k, dtype).unwrap();
+                for r in 0..rows {
+                    for j in 0..n {
+                        let xs = &x[r * k..(r + 1) * k];
+                        let ws = &deq[j * k..(j + 1) * k];
+                        let want: f32 = xs.iter().zip(ws).map(|(a, b)| a * b).sum();
+                        // each activation moves by ≤ half a 16-bit step of its block's largest
+                        // value (max|x| / 65534), so the sum moves by ≤ Σ |w_i| · max|x| / 65534;
+                        // f32 rounding of the sums adds ~1e-6 relative
+                        let xmax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let wsum: f32 = ws.iter().map(|v| v.abs()).sum();
+                        let bound = wsum * xmax / 65534.0 + 1e-5 * want.abs().max(1.0);
+                        let got = y[r * n + j];
+                        assert!(
+                            (got - want).abs() <= bound,
+                            "{dtype:?} row {r} col {j}: {got} vs {want} (bound {bound})"
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gemv_keeps_zeros_and_signs_exact() {
+        // activations that are exact multiples of their 16-bit step give the exact product
+        let (n, k) = (3, 64);
+        let w = data(n * k);
+        let x: Vec<f32> = (0..k)
+            .map(|i| {
+                if i % 5 == 0 {
+                    0.0
+                } else {
+                    (i % 3) as f32 - 1.0
+                }
+            })
+            .collect();
+        let q = quantize("w", &w, &[n, k], DType::Q8_0).unwrap();
+        let deq = dequantize_blocks(&q, DType::Q8_0).unwrap();
+        let y = gemv(&x, 1, &q, n, k, DType::Q8_0).unwrap();
+        for j in 0..n {
+            let want: f32 = x
+                .iter()
+                .zip(&deq[j * k..(j + 1) * k])
+                .map(|(a, b)| a * b)
+                .sum();
+            assert!(
+                (y[j] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{} vs {want}",
+                y[j]
+            );
         }
     }
 
