@@ -19,6 +19,48 @@ pub const CASES: &[&str] = &[
     "gelu",
 ];
 
+/// Every kernel source, for [`fingerprint`].
+const KERNEL_SOURCES: &[&str] = &[
+    include_str!("gpu/kernels/activation.wgsl"),
+    include_str!("gpu/kernels/argmax.wgsl"),
+    include_str!("gpu/kernels/attention.wgsl"),
+    include_str!("gpu/kernels/binary.wgsl"),
+    include_str!("gpu/kernels/copy.wgsl"),
+    include_str!("gpu/kernels/embedding.wgsl"),
+    include_str!("gpu/kernels/im2col.wgsl"),
+    include_str!("gpu/kernels/layer_norm.wgsl"),
+    include_str!("gpu/kernels/matmul.wgsl"),
+    include_str!("gpu/kernels/qkv.wgsl"),
+    include_str!("gpu/kernels/rope.wgsl"),
+    include_str!("gpu/kernels/softmax.wgsl"),
+    include_str!("gpu/kernels/unary.wgsl"),
+];
+
+/// What a self-test result depends on besides the adapter: the kernels' sources, the cases and
+/// their tolerances, and this version. The page keeps a passing self-test per adapter under
+/// this key, so it runs once per adapter and build rather than at every page load.
+pub fn fingerprint() -> String {
+    // FNV-1a, 64 bits: a cache key, not a security boundary
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(env!("CARGO_PKG_VERSION").as_bytes());
+    for s in KERNEL_SOURCES {
+        eat(s.as_bytes());
+    }
+    for c in CASES {
+        eat(c.as_bytes());
+        eat(&tolerance(c).to_le_bytes());
+    }
+    format!("{h:016x}")
+}
+
 /// Absolute tolerance of a case when a GPU result is compared with the CPU's.
 /// Dot products of length K differ in summation order only (≈ 4·ε·K, see tests/ops.rs);
 /// softmax and attention outputs are probabilities / convex combinations of values in [-1, 1].

@@ -130,7 +130,7 @@ class Client {
     this.pending.clear();
     this.spawn();
     this.restarting = (async () => {
-      const backend = await this.post('init', { device: this.device ?? 'auto' });
+      const backend = await this.post('init', { device: this.device ?? 'auto', selfcheck: this.selfcheck ?? 'cached' });
       this.backend = Promise.resolve(backend);
       for (const model of this.models) {
         try {
@@ -157,11 +157,14 @@ class Client {
     return () => this.listeners.delete(f);
   }
 
-  async init(device) {
+  /** Opens the engine once: `device` 'auto' | 'webgpu' | 'cpu'; `selfcheck` 'cached' (a passing
+   * kernel self-test is kept per adapter and build) or 'always'. */
+  async init(device, { selfcheck = 'cached' } = {}) {
     if (!this.backend) {
       this.device = device;
+      this.selfcheck = selfcheck;
       // a failed init is not kept: the next call tries again
-      this.backend = this.request('init', { device }).catch((e) => {
+      this.backend = this.request('init', { device, selfcheck }).catch((e) => {
         this.backend = null;
         throw e;
       });

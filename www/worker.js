@@ -158,6 +158,32 @@ async function openCpu(reason) {
   return { device: 'cpu', reason };
 }
 
+// A passing self-test is kept per adapter and build (Cache Storage), so it runs once rather than
+// at every page load and holds back no first caption; a failing one is never kept (it runs again).
+// `?selfcheck=always` on the page, or clearing site data, runs it again.
+const SELFCHECK_CACHE = 'glimpse-selfcheck';
+let alwaysSelfcheck = false;
+const selfcheckKey = (a) => `/__glimpse_selfcheck__/${wasm.Engine.selfcheckFingerprint()}/${encodeURIComponent([a.vendor, a.architecture, a.device, a.description].join('|'))}`;
+
+async function keptSelfcheck(key) {
+  try {
+    if (!self.caches || alwaysSelfcheck) return null;
+    const hit = await (await caches.open(SELFCHECK_CACHE)).match(key);
+    return hit ? await hit.json() : null;
+  } catch {
+    return null; // storage unavailable (private mode, quota): run the test
+  }
+}
+
+async function keepSelfcheck(key, results) {
+  try {
+    if (!self.caches) return;
+    await (await caches.open(SELFCHECK_CACHE)).put(key, new Response(JSON.stringify(results), { headers: { 'content-type': 'application/json' } }));
+  } catch {
+    // not kept: the next page load runs the test again
+  }
+}
+
 /**
  * 'webgpu', 'cpu' or 'auto'. Auto takes WebGPU when an adapter with the limits glimpse needs
  * exists and the kernels pass a short numeric self-test against the CPU path; otherwise the CPU,
@@ -179,9 +205,12 @@ async function openEngine(device) {
   let selfcheck = null;
   if (device === 'auto') {
     const t0 = performance.now();
-    const results = await engine.selfcheck(1);
+    const key = selfcheckKey(adapter);
+    const kept = await keptSelfcheck(key);
+    const results = kept ?? (await engine.selfcheck(1));
     const failed = results.filter((r) => !r.pass);
-    selfcheck = { pass: failed.length === 0, ms: performance.now() - t0, cases: results.length, results };
+    selfcheck = { pass: failed.length === 0, ms: performance.now() - t0, cases: results.length, results, cached: Boolean(kept) };
+    if (!kept && !failed.length) await keepSelfcheck(key, results);
     if (failed.length) {
       engine.free?.();
       const why = failed.map((r) => `${r.case} off by ${r.max_abs_diff}`).join(', ');
@@ -533,10 +562,11 @@ async function generate(msg, run) {
 }
 
 const HANDLERS = {
-  async init({ device = 'auto' }) {
+  async init({ device = 'auto', selfcheck = 'cached' }) {
     await init();
     if (engine && backend) return backend;
     requestedDevice = device;
+    alwaysSelfcheck = selfcheck === 'always';
     try {
       backend = await openEngine(device);
     } catch (e) {

@@ -172,6 +172,13 @@ impl Engine {
             .map_err(js_err)
     }
 
+    /// The key a passing self-test is kept under, with the adapter's description
+    /// (`selfcheck::fingerprint`: kernel sources, cases, tolerances, version).
+    #[wasm_bindgen(js_name = selfcheckFingerprint)]
+    pub fn selfcheck_fingerprint() -> String {
+        selfcheck::fingerprint()
+    }
+
     /// Every case on this device and on the CPU, compared: `[{case, max_abs_diff, tolerance, pass}]`.
     pub async fn selfcheck(&self, seed: f64) -> Result<JsValue, JsValue> {
         let r = selfcheck::selfcheck(&self.device, seed as u64)
