@@ -1,6 +1,7 @@
 //! The CPU path: the same ops on candle-core. Shapes were checked by `Tensor`; these functions
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply their quants
-//! by 16-bit activation blocks in integers (`quantized_linear`, `tensor::quant::gemv`).
+//! by 16-bit activation blocks in integers for a few rows, or are dequantized a slab at a time
+//! for an f32 matmul (`quantized_linear`, `tensor::quant`).
 
 use candle_core::{DType as CDType, Tensor as CT, D};
 
@@ -47,14 +48,34 @@ pub(crate) fn linear(
     Tensor::from_candle(y.reshape(out_shape)?)
 }
 
-/// `x [R, K] · w [N, K]ᵀ` for ggml-block weights: the integer kernel of `tensor::quant::gemv`
-/// for any number of rows (a decode step, an image, a prompt); the weight is never expanded.
+/// `x [R, K] · w [N, K]ᵀ` for ggml-block weights. A few rows (a decode step, its beams) go through
+/// the integer kernel of `tensor::quant::gemv`, which reads the weight in its blocks; many rows
+/// (an image, a prompt) dequantize the weight a slab of rows at a time for candle's f32 matmul
+/// (in wasm the integer kernel is slower than candle's packed f32 GEMM at 50–200 rows).
 fn quantized_linear(x2: &CT, blocks: &[u8], w: &Tensor) -> Result<CT> {
     let (rows, k) = x2.dims2()?;
     let n = w.dim(0);
-    let x = x2.flatten_all()?.to_vec1::<f32>()?;
-    let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, w.dtype())?;
-    Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?)
+    let dtype = w.dtype();
+    if rows <= crate::tensor::quant::GEMV_MAX_ROWS {
+        let x = x2.flatten_all()?.to_vec1::<f32>()?;
+        let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, dtype)?;
+        return Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?);
+    }
+    let row_bytes = blocks.len() / n.max(1);
+    // 2048 rows of f32 at a time (6 MiB for K = 768): the whole weight is never expanded
+    let slab = 2048;
+    let mut parts = Vec::new();
+    for chunk in blocks.chunks(slab * row_bytes.max(1)) {
+        let r = chunk.len() / row_bytes.max(1);
+        let deq = crate::tensor::quant::dequantize_blocks(chunk, dtype)?;
+        let wt = CT::from_vec(deq, (r, k), &candle_core::Device::Cpu)?;
+        parts.push(x2.matmul(&wt.t()?)?);
+    }
+    Ok(if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        CT::cat(&parts, 1)?
+    })
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {

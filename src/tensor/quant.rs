@@ -165,7 +165,7 @@ pub fn dequantize_blocks(bytes: &[u8], dtype: DType) -> Result<Vec<f32>> {
 }
 
 /// One row of activations for the integer kernel: per block of 32 a scale `d = max|x| / 32767`
-/// and the values `round(x / d)` as i16 (ggml's q8_1 idea at 16 bits). The rounding moves an
+/// and the values `x / d` rounded to the nearest (ties to even) as i16 (ggml's q8_1 idea at 16 bits). The rounding moves an
 /// activation by at most 1/65534 of its block's largest value — far below the weights' own q8_0
 /// step (1/254 of theirs) — so last-bit differences between platforms (SIMD widths, libm) almost
 /// never move a 16-bit step, where 8-bit activations would turn them into visible changes.
@@ -184,13 +184,14 @@ fn quantize_row(x: &[f32]) -> QRow {
         *db = amax / 32767.0;
         let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
         for (t, &v) in qb.iter_mut().zip(xb) {
-            *t = (v * id).round() as i16;
+            *t = (v * id).round_ties_even() as i16;
         }
     }
     QRow { q, d }
 }
 
 /// The 32 quants of one ggml block as i16 (q8_0's bytes, or q4_0's nibbles minus 8) and its scale.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 #[inline(always)]
 fn block_quants(blk: &[u8], q8: bool, w: &mut [i16; BLOCK]) -> f32 {
     let d = scale(blk);
@@ -230,52 +231,106 @@ fn block_fma(a: &mut [f32; 4], x: &[i16; BLOCK], w: &[i16; BLOCK], d: f32) {
     }
 }
 
-/// [`block_fma`] in simd128: four `i32x4.dot_i16x8_s`, one convert, one multiply, one add.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-fn block_fma(a: &mut [f32; 4], x: &[i16; BLOCK], w: &[i16; BLOCK], d: f32) {
-    use core::arch::wasm32::*;
-    let v = |t: &[i16; BLOCK], c: usize| {
-        let o = 8 * c;
-        i16x8(
-            t[o],
-            t[o + 1],
-            t[o + 2],
-            t[o + 3],
-            t[o + 4],
-            t[o + 5],
-            t[o + 6],
-            t[o + 7],
-        )
-    };
-    let s = i32x4_add(
-        i32x4_add(
-            i32x4_dot_i16x8(v(x, 0), v(w, 0)),
-            i32x4_dot_i16x8(v(x, 1), v(w, 1)),
-        ),
-        i32x4_add(
-            i32x4_dot_i16x8(v(x, 2), v(w, 2)),
-            i32x4_dot_i16x8(v(x, 3), v(w, 3)),
-        ),
-    );
-    let acc = f32x4(a[0], a[1], a[2], a[3]);
-    let r = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(d)));
-    *a = [
-        f32x4_extract_lane::<0>(r),
-        f32x4_extract_lane::<1>(r),
-        f32x4_extract_lane::<2>(r),
-        f32x4_extract_lane::<3>(r),
-    ];
-}
-
 /// The four lanes summed in a fixed tree.
 #[inline(always)]
 fn lane_sum(a: &[f32; 4]) -> f32 {
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
+/// Rows the CPU path sends through [`gemv`] (a decode step and its beams); more rows are faster
+/// through a dequantized f32 matmul.
+pub const GEMV_MAX_ROWS: usize = 8;
+
 /// Rows of x one pass over the weight serves (each block is decoded once for all of them).
 const ROW_GROUP: usize = 4;
+
+/// The four f32 lanes of one weight row's dot products with each row of `group` (portable code,
+/// [`block_fma`]).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]; ROW_GROUP] {
+    let mut acc = [[0f32; 4]; ROW_GROUP];
+    let mut wq = [0i16; BLOCK];
+    for (b, blk) in wrow.chunks_exact(bb).enumerate() {
+        let dw = block_quants(blk, q8, &mut wq);
+        for (a, xr) in acc.iter_mut().zip(group) {
+            if let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) {
+                block_fma(a, xb, &wq, dw * dx);
+            }
+        }
+    }
+    acc
+}
+
+/// [`row_group_dots`] in simd128, the same operations lane for lane: a weight block becomes four
+/// i16x8 (sign-extended bytes, or nibbles minus 8), each row adds four `i32x4.dot_i16x8_s` and
+/// one convert, multiply and add into its f32x4.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]; ROW_GROUP] {
+    use core::arch::wasm32::*;
+    let mut acc = [f32x4_splat(0.0); ROW_GROUP];
+    for (b, blk) in wrow.chunks_exact(bb).enumerate() {
+        let dw = scale(blk);
+        let qs = &blk[2..];
+        let wv: [v128; 4] = if q8 {
+            let Some(q) = qs.first_chunk::<32>() else {
+                continue;
+            };
+            // SAFETY: `q` is 32 readable bytes; v128_load has no alignment requirement
+            let (lo, hi) = unsafe {
+                let p = q.as_ptr() as *const v128;
+                (v128_load(p), v128_load(p.add(1)))
+            };
+            [
+                i16x8_extend_low_i8x16(lo),
+                i16x8_extend_high_i8x16(lo),
+                i16x8_extend_low_i8x16(hi),
+                i16x8_extend_high_i8x16(hi),
+            ]
+        } else {
+            let Some(q) = qs.first_chunk::<16>() else {
+                continue;
+            };
+            // SAFETY: `q` is 16 readable bytes
+            let v = unsafe { v128_load(q.as_ptr() as *const v128) };
+            let lo = i8x16_sub(v128_and(v, u8x16_splat(0x0f)), i8x16_splat(8));
+            let hi = i8x16_sub(u8x16_shr(v, 4), i8x16_splat(8));
+            [
+                i16x8_extend_low_i8x16(lo),
+                i16x8_extend_high_i8x16(lo),
+                i16x8_extend_low_i8x16(hi),
+                i16x8_extend_high_i8x16(hi),
+            ]
+        };
+        for (a, xr) in acc.iter_mut().zip(group) {
+            let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) else {
+                continue;
+            };
+            // SAFETY: `xb` is 32 i16 = four v128s
+            let s = unsafe {
+                let p = xb.as_ptr() as *const v128;
+                i32x4_add(
+                    i32x4_add(
+                        i32x4_dot_i16x8(v128_load(p), wv[0]),
+                        i32x4_dot_i16x8(v128_load(p.add(1)), wv[1]),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(v128_load(p.add(2)), wv[2]),
+                        i32x4_dot_i16x8(v128_load(p.add(3)), wv[3]),
+                    ),
+                )
+            };
+            *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(dw * dx)));
+        }
+    }
+    acc.map(|a| {
+        [
+            f32x4_extract_lane::<0>(a),
+            f32x4_extract_lane::<1>(a),
+            f32x4_extract_lane::<2>(a),
+            f32x4_extract_lane::<3>(a),
+        ]
+    })
+}
 
 /// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`,
 /// the CPU path's quantized Linear for any number of rows: each row of x is rounded to 16-bit
@@ -308,18 +363,9 @@ pub fn gemv(
         return Ok(y);
     }
     let xq: Vec<QRow> = x.chunks_exact(k).map(quantize_row).collect();
-    let mut wq = [0i16; BLOCK];
     for (g, group) in xq.chunks(ROW_GROUP).enumerate() {
         for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
-            let mut acc = [[0f32; 4]; ROW_GROUP];
-            for (b, blk) in wrow.chunks_exact(bb).enumerate() {
-                let dw = block_quants(blk, q8, &mut wq);
-                for (a, xr) in acc.iter_mut().zip(group) {
-                    if let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) {
-                        block_fma(a, xb, &wq, dw * dx);
-                    }
-                }
-            }
+            let acc = row_group_dots(group, wrow, bb, q8);
             for (r, a) in acc.iter().take(group.len()).enumerate() {
                 y[(g * ROW_GROUP + r) * n + j] = lane_sum(a);
             }
