@@ -107,7 +107,7 @@ async function runPage(context, base, runtime, m, path, png) {
   await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>compare</title>' }));
   await page.goto(blank);
   try {
-    const opts = { ...PATH[path][runtime], runs: RUNS, png: [...png], labels: LABELS, task: m.task };
+    const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], runs: RUNS, png: [...png], labels: LABELS, task: m.task };
     if (runtime === 'glimpse' || runtime === 'before') {
       const root = runtime === 'before' ? BEFORE_ROOT : GLIMPSE_ROOT;
       return await page.evaluate(async ({ id, catalog, device, dtype, runs, png, labels, task, root }) => {

@@ -33,7 +33,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGE
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
 
-if [ "$what" = test ] && [ ! -d node_modules/playwright-core ]; then
-  echo "setup: npm install (playwright-core; it drives the system's /usr/bin/chromium)"
+if [ "$what" = test ] && { [ ! -d node_modules/playwright-core ] || [ ! -x node_modules/.bin/wasm-opt ]; }; then
+  echo "setup: npm install (playwright-core, which drives the system's /usr/bin/chromium; binaryen's wasm-opt)"
   npm install --no-audit --no-fund
 fi
