@@ -613,7 +613,7 @@ impl Tensor {
         self.expect_dtype(op, DType::F32)?;
         k_cache.expect_dtype(op, DType::F32)?;
         v_cache.expect_dtype(op, DType::F32)?;
-        let ok = self.rank() == 3 && heads > 0 && self.dim(2) % (3 * heads) == 0;
+        let ok = self.rank() == 3 && heads > 0 && self.dim(2).is_multiple_of(3 * heads);
         let (b, t) = (self.dim(0), self.dim(1));
         let dh = if ok { self.dim(2) / 3 / heads } else { 0 };
         let cache_ok = |c: &Tensor| {
