@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kernel benchmark on a Linux machine with a real GPU (NVIDIA through Vulkan), in one run of a
+# Kernel and model benchmarks on a Linux machine with a real GPU (NVIDIA through Vulkan), in one run of a
 # few minutes: builds, checks the kernels against the CPU, times them, prints the table last.
 #   bench/gpu.sh            (writes bench/out/kernels-<host>.json too)
 set -euo pipefail
@@ -20,3 +20,15 @@ target/release/glimpse info
 target/release/glimpse selfcheck
 target/release/glimpse bench kernels --device all --samples 7 \
   --json "bench/out/kernels-$(hostname).json" | tee "bench/out/kernels-$(hostname).txt"
+# whole models at real shapes (random weights): image encode, first token, tokens/s and dispatches
+# per decode step (per layer), GPU and CPU side by side
+for dtype in f32 q8_0; do
+  for arch in vit-gpt2 git clip; do
+    target/release/glimpse bench model --arch "$arch" --size base --device all --dtype "$dtype" \
+      --new-tokens 16 --json "bench/out/model-$arch-$dtype-$(hostname).json"
+  done
+done | tee "bench/out/models-$(hostname).txt"
+echo
+cat "bench/out/kernels-$(hostname).txt"
+echo
+cat "bench/out/models-$(hostname).txt"
