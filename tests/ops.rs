@@ -60,8 +60,29 @@ fn matmul_matches_cpu() {
     }
 }
 
-/// Linear against f32, f16, q8_0 and q4_0 weights; GEMV (1 row) and GEMM (many rows).
-/// The reference is an f32 matmul on the CPU with the weight's exact dequantized values.
+/// A GPU context that picks the other GEMV kernel than `gpu()`: lavapipe is a software adapter,
+/// so `gpu()` runs the barrier-free `gemv_rows`; this one runs the reduction `gemv` a real GPU
+/// gets (and the reverse on a machine with a real GPU).
+fn gpu_other_gemv() -> Device {
+    use std::sync::{Arc, OnceLock};
+    static CTX: OnceLock<Arc<glimpse::GpuContext>> = OnceLock::new();
+    let software = match gpu() {
+        Device::Gpu(c) => c.summary().software,
+        Device::Cpu => false,
+    };
+    let ctx = CTX.get_or_init(|| {
+        pollster::block_on(glimpse::GpuContext::new(&glimpse::GpuOptions {
+            software: Some(!software),
+            ..Default::default()
+        }))
+        .unwrap_or_else(|e| panic!("GPU: {e}"))
+    });
+    Device::Gpu(ctx.clone())
+}
+
+/// Linear against f32, f16, q8_0 and q4_0 weights; GEMV (1 row, both GEMV kernels) and GEMM
+/// (many rows). The reference is an f32 matmul on the CPU with the weight's exact dequantized
+/// values.
 #[test]
 fn linear_all_weight_dtypes_match_dequantized_reference() {
     let mut rng = Rng::new(2);
@@ -87,25 +108,33 @@ fn linear_all_weight_dtypes_match_dequantized_reference() {
                     .linear(&t(&wq, &[n, k], &cpu()), Some(&t(&bias, &[n], &cpu())))
                     .unwrap(),
             );
-            let g = gpu();
-            let wt = Tensor::weight("w", &w, &[n, k], dtype, &g).unwrap();
-            let got = read(
-                &t(&x, &[rows, k], &g)
-                    .linear(&wt, Some(&t(&bias, &[n], &g)))
-                    .unwrap(),
-            );
-            let what = format!("linear {rows}x{k} · {n}x{k} {}", dtype.name());
-            // same values, different summation order: as for f32 matmul
-            assert_close(&what, &got, &want, dot_tol(k), 0.0);
-            // the same GPU weight, read back, is exactly the dequantized reference
-            let back = pollster::block_on(wt.dequantize_to_vec()).unwrap();
-            assert_eq!(back, wq, "{what}: GPU weight storage round trip");
+            for g in [gpu(), gpu_other_gemv()] {
+                let wt = Tensor::weight("w", &w, &[n, k], dtype, &g).unwrap();
+                let got = read(
+                    &t(&x, &[rows, k], &g)
+                        .linear(&wt, Some(&t(&bias, &[n], &g)))
+                        .unwrap(),
+                );
+                let software = match &g {
+                    Device::Gpu(c) => c.summary().software,
+                    Device::Cpu => false,
+                };
+                let what = format!(
+                    "linear {rows}x{k} · {n}x{k} {} (software kernels: {software})",
+                    dtype.name()
+                );
+                // same values, different summation order: as for f32 matmul
+                assert_close(&what, &got, &want, dot_tol(k), 0.0);
+                // the same GPU weight, read back, is exactly the dequantized reference
+                let back = pollster::block_on(wt.dequantize_to_vec()).unwrap();
+                assert_eq!(back, wq, "{what}: GPU weight storage round trip");
+            }
         }
     }
 }
 
-/// candle's CPU path for quantized weights also quantizes the activations to 8 bits (as ggml
-/// does), so it is compared to the dequantized reference by relative error of the whole output.
+/// The CPU path's quantized kernel rounds activations to 16-bit blocks (tensor::quant::gemv) for a
+/// few rows, so it is compared to the dequantized reference by relative error of the whole output.
 #[test]
 fn cpu_quantized_linear_is_close_to_dequantized_reference() {
     let mut rng = Rng::new(3);
@@ -672,6 +701,7 @@ fn too_large_binding_names_the_limit_and_the_tensor() {
     // A device asked for a 1 MiB binding limit behaves like a GPU that lacks a larger one.
     let small = pollster::block_on(glimpse::GpuContext::new(&glimpse::GpuOptions {
         max_storage_buffer_binding_size: Some(1 << 20),
+        ..Default::default()
     }))
     .unwrap();
     let d = Device::Gpu(small);

@@ -197,7 +197,8 @@ async function openEngine(device) {
     return { ...(await openCpu(adapter.reason)), adapter };
   }
   try {
-    engine = await wasm.Engine.create({ device: 'webgpu' });
+    // a software adapter (SwiftShader) gets glimpse's barrier-free kernel variants
+    engine = await wasm.Engine.create({ device: 'webgpu', software: Boolean(adapter.emulated) });
   } catch (e) {
     if (device === 'webgpu') throw e;
     return { ...(await openCpu(`WebGPU refused: ${messageOf(e)}`)), adapter };

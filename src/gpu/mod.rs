@@ -67,6 +67,11 @@ pub struct GpuOptions {
     /// Ask the device for a smaller storage-binding limit than the adapter offers, e.g. to
     /// behave like a phone GPU (128 MiB). `None`: the adapter's own limit.
     pub max_storage_buffer_binding_size: Option<u64>,
+    /// The adapter is a software one (SwiftShader, lavapipe): pick kernels without workgroup
+    /// barriers where glimpse has them (each barrier there switches through every invocation of
+    /// the workgroup). `None`: what wgpu reports (`DeviceType::Cpu`); in a browser the page
+    /// passes the adapter's `isFallbackAdapter`.
+    pub software: Option<bool>,
 }
 
 /// A description of the adapter, for display and for benchmark tables.
@@ -82,6 +87,8 @@ pub struct AdapterSummary {
     pub max_compute_invocations_per_workgroup: u32,
     pub max_storage_buffers_per_shader_stage: u32,
     pub max_compute_workgroup_storage_size: u32,
+    /// Software adapter: barrier-free kernel variants are used (`GpuOptions::software`).
+    pub software: bool,
 }
 
 /// Identifies a compiled pipeline: the shader file, its entry point and the override constants.
@@ -239,6 +246,9 @@ impl GpuContext {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            software: opts
+                .software
+                .unwrap_or(info.device_type == wgpu::DeviceType::Cpu),
         };
         let uniform_align = limits.min_uniform_buffer_offset_alignment.max(16) as u64;
         Ok(Arc::new(GpuContext {

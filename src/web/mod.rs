@@ -73,6 +73,8 @@ struct EngineOptions {
     device: Option<String>,
     /// ask the GPU for a smaller storage-binding limit (bytes), e.g. to act like a phone
     max_storage_buffer_binding_size: Option<f64>,
+    /// the adapter is a software one (`adapter.info.isFallbackAdapter`): barrier-free kernels
+    software: Option<bool>,
 }
 
 /// A device to run tensors on: WebGPU (our WGSL kernels) or the CPU (candle in wasm).
@@ -83,7 +85,7 @@ pub struct Engine {
 
 #[wasm_bindgen]
 impl Engine {
-    /// `await Engine.create({ device: 'webgpu' | 'cpu', maxStorageBufferBindingSize })`.
+    /// `await Engine.create({ device: 'webgpu' | 'cpu', maxStorageBufferBindingSize, software })`.
     /// Rejects with a readable message when WebGPU has no adapter or lacks a limit we need.
     pub async fn create(opts: JsValue) -> Result<Engine, JsValue> {
         let opts: EngineOptions = if opts.is_undefined() || opts.is_null() {
@@ -98,6 +100,7 @@ impl Engine {
                     max_storage_buffer_binding_size: opts
                         .max_storage_buffer_binding_size
                         .map(|v| v as u64),
+                    software: opts.software,
                 };
                 Device::Gpu(GpuContext::new(&gpu_opts).await.map_err(js_err)?)
             }

@@ -126,6 +126,35 @@ test("the page's self-check passes on WebGPU", { timeout: 300_000 }, async () =>
   assertNoProblems(problems);
 });
 
+test('a passing self-test is kept per adapter and build, and ?selfcheck=always reruns it', { timeout: 300_000 }, async () => {
+  const browser = await launch(WEBGPU_ARGS);
+  const { page, problems } = await blankPage(browser);
+  // each call is a fresh page load (a new worker) in the same browser profile
+  const init = async (selfcheck) => {
+    await page.reload();
+    return page.evaluate(async (selfcheck) => {
+      const glimpse = await import('/www/glimpse.js');
+      const b = await glimpse.worker().init('auto', { selfcheck });
+      const s = b.selfcheck;
+      return { device: b.device, pass: s?.pass, cached: s?.cached, cases: s?.cases, ms: s?.ms, rows: s?.results?.length };
+    }, selfcheck);
+  };
+  const first = await init('cached');
+  const second = await init('cached');
+  const forced = await init('always');
+  console.log(JSON.stringify({ first, second, forced }));
+  assert.equal(first.device, 'webgpu');
+  assert.equal(first.pass, true);
+  assert.equal(first.cached, false, 'the first load on this adapter runs the self-test');
+  assert.equal(second.device, 'webgpu');
+  assert.equal(second.pass, true);
+  assert.equal(second.cached, true, 'the next load takes the kept result');
+  assert.equal(second.rows, first.rows, 'the kept result has every case');
+  assert.equal(forced.cached, false, "selfcheck: 'always' runs it again");
+  assert.equal(forced.pass, true);
+  assertNoProblems(problems);
+});
+
 test('errors are clear', { timeout: 300_000 }, async () => {
   const browser = await launch(WEBGPU_ARGS);
   const { page, problems } = await blankPage(browser);

@@ -23,6 +23,7 @@ pub fn gpu_128mib() -> Device {
     let ctx = CTX.get_or_init(|| {
         let opts = GpuOptions {
             max_storage_buffer_binding_size: Some(128 << 20),
+            ..Default::default()
         };
         pollster::block_on(GpuContext::new(&opts)).unwrap_or_else(|e| panic!("GPU: {e}"))
     });

@@ -17,6 +17,8 @@ const GEMM_TILE: usize = 64;
 /// GEMV: 256 invocations, 8 output rows per workgroup (matmul.wgsl's GEMV_ROWS).
 const GEMV_WG: u32 = 256;
 const GEMV_ROWS: usize = 8;
+/// gemv_rows (software adapters): one output per invocation, 64 per workgroup.
+const GEMV_ROWS_WG: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -161,7 +163,22 @@ pub(crate) fn linear(
         (&out, (rows * n * 4) as u64),
         (rbuf, rbytes),
     ];
-    if rows == 1 {
+    if rows == 1 && ctx.summary().software {
+        // one output per invocation, no barriers (see GpuOptions::software)
+        let workload = Workload {
+            workgroup_size: [GEMV_ROWS_WG, 1],
+            workgroup_count: [u32_of(op, "N/64", n.div_ceil(GEMV_ROWS_WG as usize))?, 1, 1],
+        };
+        launch(
+            ctx,
+            &SHADER,
+            "gemv_rows",
+            constants,
+            &params,
+            &buffers,
+            workload,
+        )?;
+    } else if rows == 1 {
         let workload = Workload {
             workgroup_size: [GEMV_WG, 1],
             workgroup_count: [u32_of(op, "N/8", n.div_ceil(GEMV_ROWS))?, 1, 1],

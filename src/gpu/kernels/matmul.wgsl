@@ -295,3 +295,63 @@ fn gemv(
         c[ci] = epilogue(red[lid.x], n, ci);
     }
 }
+
+// ---- gemv_rows: the same product with one output per invocation and no workgroup memory or
+// barriers, for software adapters (SwiftShader, lavapipe), where a barrier switches through every
+// invocation of the workgroup and a 256-invocation reduction costs more than the arithmetic.
+// On a real GPU neighbouring invocations would read far-apart rows: `gemv` is used there. ----
+
+@compute @workgroup_size(WG_X)
+fn gemv_rows(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let n = gid.x;
+    let row = wid.z;
+    if (n >= p.n) {
+        return;
+    }
+    let x0 = row * p.k;
+    let nb = p.k / BK;
+    var sum = 0.0;
+    if (WDTYPE == 2u) {
+        let base = n * nb * 8u;
+        for (var blk = 0u; blk < nb; blk++) {
+            var s = 0.0;
+            for (var j = 0u; j < 8u; j++) {
+                let wi = blk * 8u + j;
+                let word = b[base + wi];
+                let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+                s += dot(q, a4(x0 + wi * 4u));
+            }
+            sum += block_scale(n * nb + blk) * s;
+        }
+    } else if (WDTYPE == 3u) {
+        let base = n * nb * 4u;
+        for (var blk = 0u; blk < nb; blk++) {
+            var s = 0.0;
+            for (var j = 0u; j < 4u; j++) {
+                let word = b[base + blk * 4u + j];
+                let k = blk * BK + j * 4u;
+                let lo = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
+                let hi = vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(0xfu)) - 8.0;
+                s += dot(lo, a4(x0 + k)) + dot(hi, a4(x0 + k + 16u));
+            }
+            sum += block_scale(n * nb + blk) * s;
+        }
+    } else {
+        let base = n * p.k;
+        let k4 = p.k & ~3u;
+        var acc = vec4<f32>(0.0);
+        for (var k = 0u; k < k4; k += 4u) {
+            let w = vec4<f32>(load_dense(base + k), load_dense(base + k + 1u), load_dense(base + k + 2u), load_dense(base + k + 3u));
+            acc = fma(a4(x0 + k), w, acc);
+        }
+        sum = (acc.x + acc.y) + (acc.z + acc.w);
+        for (var k = k4; k < p.k; k++) {
+            sum = fma(a[x0 + k], load_dense(base + k), sum);
+        }
+    }
+    let ci = row * p.n + n;
+    c[ci] = epilogue(sum, n, ci);
+}
