@@ -32,20 +32,15 @@
 // (with torch from .venv, see bench/README.md). Timings on SwiftShader are CPU emulation of a GPU:
 // compare them side by side, never read them as GPU speed.
 
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
+import { ROOT, BIN, arg, serve, WEBGPU } from './lib.mjs';
 import { buildMirror } from '../tests/browser/mirror.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const arg = (name, dflt) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-};
 const MODELS = arg('models', 'vit-gpt2,clip').split(',');
 const PATHS = arg('paths', 'cpu-f32,cpu-q8,webgpu').split(',');
 const RUNS = Number(arg('runs', '3'));
@@ -62,9 +57,7 @@ const GLIMPSE_ROOT = arg('glimpse-root', '');
 const BEFORE_ROOT = arg('before-root', 'out/baseline');
 // quick experiments: time only some runtimes, e.g. --runtimes before,glimpse
 const RUNTIMES = arg('runtimes', 'glimpse,tjs').split(',');
-const BIN = existsSync(join(ROOT, 'target/release/glimpse')) ? join(ROOT, 'target/release/glimpse') : join(ROOT, 'target/debug/glimpse');
-const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan'];
+const ARGS = WEBGPU;
 const CATALOG_ID = { 'vit-gpt2': 'vit-gpt2-image-captioning', clip: 'clip-vit-base-patch32' };
 const LABELS = ['a cat', 'a dog', 'a red circle', 'a blue square', 'a diagram'];
 const PATH = {
@@ -73,16 +66,6 @@ const PATH = {
   webgpu: { glimpse: { device: 'webgpu', dtype: 'f32' }, tjs: { device: 'webgpu', dtype: 'fp32' }, label: 'WebGPU, f32' },
 };
 
-function serve() {
-  return new Promise((res, rej) => {
-    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT], { stdio: ['ignore', 'pipe', 'inherit'] });
-    child.stdout.on('data', (d) => {
-      const m = String(d).match(/serving (http:\/\/127\.0\.0\.1:\d+)\//);
-      if (m) res({ child, base: m[1] });
-    });
-    child.on('exit', (c) => rej(new Error(`glimpse serve exited ${c}`)));
-  });
-}
 
 /** The mirror (glimpse's files) and its ONNX export (transformers.js's) at `layers` (null: full). */
 async function prepare(model, layers) {

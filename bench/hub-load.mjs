@@ -19,42 +19,25 @@
 // of a GPU: compare them side by side, never read them as GPU speed. Needs pkg/ and the CLI built
 // (scripts/build-web.sh; cargo build --release --bin glimpse).
 
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+
+import { ROOT, BIN, arg, serve, WEBGPU, FLAGS } from './lib.mjs';
 
 import { buildMirror } from '../tests/browser/mirror.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const arg = (name, dflt) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-};
 const IDS = arg('ids', 'clip-vit-base-patch32,git-base-coco,git-base-vqav2,vit-gpt2-image-captioning,blip-image-captioning-base,blip-vqa-base').split(',');
 const DEVICES = arg('devices', 'cpu,webgpu').split(',');
 const DTYPE = arg('dtype', 'q8_0');
 const JSON_OUT = arg('json', null);
 const LAYERS = arg('layers', null) === null ? null : Number(arg('layers'));
 const NATIVE = arg('native', 'cpu').split(',').filter(Boolean);
-const BIN = existsSync(join(ROOT, 'target/release/glimpse')) ? join(ROOT, 'target/release/glimpse') : join(ROOT, 'target/debug/glimpse');
-const FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const WEBGPU = [...FLAGS, '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan'];
 const MB = 1e6;
 const MiB = 1 << 20;
 
-function serve() {
-  return new Promise((res, rej) => {
-    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT], { stdio: ['ignore', 'pipe', 'inherit'] });
-    child.stdout.on('data', (d) => {
-      const m = String(d).match(/serving (http:\/\/127\.0\.0\.1:\d+)\//);
-      if (m) res({ child, base: m[1] });
-    });
-    child.on('exit', (c) => rej(new Error(`glimpse serve exited ${c}`)));
-  });
-}
 
 /** One load and first caption in the page; then a second visit's load from the store. */
 async function browserRun(base, catalog, id, device, png) {

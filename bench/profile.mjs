@@ -9,39 +9,23 @@
 // The model is the catalog's local mirror (tests/browser/mirror.mjs, as bench/compare.mjs uses).
 // A development tool: the numbers are samples of one run, not a benchmark.
 
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+
+import { ROOT, BIN, arg, serve, WEBGPU } from './lib.mjs';
 
 import { buildMirror } from '../tests/browser/mirror.mjs';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const arg = (name, dflt) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : dflt;
-};
 const ID = arg('model', 'vit-gpt2-image-captioning');
 const DEVICE = arg('device', 'cpu');
 const DTYPE = arg('dtype', 'f32');
 const LAYERS = arg('layers', null) === null ? null : Number(arg('layers'));
 const TOP = Number(arg('top', '40'));
-const BIN = existsSync(join(ROOT, 'target/release/glimpse')) ? join(ROOT, 'target/release/glimpse') : join(ROOT, 'target/debug/glimpse');
-const ARGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update',
-  '--disable-sync', '--enable-unsafe-webgpu', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan'];
+const ARGS = WEBGPU;
 
-function serve() {
-  return new Promise((res, rej) => {
-    const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT], { stdio: ['ignore', 'pipe', 'inherit'] });
-    child.stdout.on('data', (d) => {
-      const m = String(d).match(/serving (http:\/\/127\.0\.0\.1:\d+)\//);
-      if (m) res({ child, base: m[1] });
-    });
-    child.on('exit', (c) => rej(new Error(`glimpse serve exited ${c}`)));
-  });
-}
 
 async function main() {
   const tmp = mkdtempSync(join(tmpdir(), 'glimpse-profile-'));
