@@ -7,7 +7,8 @@
 //                          [--layers N] [--top 40]
 //
 // The model is the catalog's local mirror (tests/browser/mirror.mjs, as bench/compare.mjs uses).
-// A development tool: the numbers are samples of one run, not a benchmark.
+// A development tool: the numbers are samples of one run, not a benchmark. wasm-opt drops the
+// function names: build with `GLIMPSE_WASM_OPT=0 scripts/build-web.sh` to see Rust names.
 
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
