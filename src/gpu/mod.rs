@@ -70,7 +70,7 @@ pub struct GpuOptions {
     /// The adapter is a software one (SwiftShader, lavapipe): pick kernels without workgroup
     /// barriers where glimpse has them (each barrier there switches through every invocation of
     /// the workgroup). `None`: what wgpu reports (`DeviceType::Cpu`); in a browser the page
-    /// passes the adapter's `isFallbackAdapter`.
+    /// passes whether the adapter is emulated (`isFallbackAdapter`, or a SwiftShader / llvmpipe name).
     pub software: Option<bool>,
 }
 

@@ -11,8 +11,8 @@ use crate::generate::Decoder;
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::{
-    activation, check_pixels, merge_heads, split_heads, with_class_token, CrossKv, KvCache,
-    LayerNorm, Linear, SelfAttention,
+    check_pixels, merge_heads, split_heads, with_class_token, CrossKv, KvCache, LayerNorm, Linear,
+    SelfAttention,
 };
 use crate::tensor::{AttentionOpts, Tensor};
 
@@ -409,7 +409,7 @@ impl BlipTextLm {
     }
 
     fn logits(&self, h: &Tensor) -> Result<Tensor> {
-        let h = activation(&self.transform.forward(h)?, self.bert.cfg.hidden_act)?;
+        let h = self.transform.forward_act(h, self.bert.cfg.hidden_act)?;
         self.decoder.forward(&self.transform_ln.forward(&h)?)
     }
 }

@@ -56,10 +56,6 @@ impl LayerNorm {
     }
 }
 
-pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
-    x.activation(act)
-}
-
 /// `[B, T, H·D] -> [B, H, T, D]`
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, hd) = (x.dim(0), x.dim(1), x.dim(2));
@@ -121,14 +117,19 @@ impl KvCache {
     /// Appends `k`, `v` `[B, H, T, D]` in place, growing the cache when it is full.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dim(2);
-        if self.len + t > self.capacity() {
-            // grow geometrically, copying only the rows in use
-            let grown = self.extended((self.len + t).max(2 * self.capacity()))?;
-            *self = grown;
-        }
+        self.reserve(t)?;
         self.k.write_slice(k, 2, self.len)?;
         self.v.write_slice(v, 2, self.len)?;
         self.len += t;
+        Ok(())
+    }
+
+    /// Room for `t` more positions: grows geometrically when full, copying only the rows in use.
+    fn reserve(&mut self, t: usize) -> Result<()> {
+        if self.len + t > self.capacity() {
+            let grown = self.extended((self.len + t).max(2 * self.capacity()))?;
+            *self = grown;
+        }
         Ok(())
     }
 
@@ -136,10 +137,7 @@ impl KvCache {
     /// [`Tensor::split_qkv_into`]) and returns its q `[B, H, T, Dh]`.
     pub fn append_qkv(&mut self, qkv: &Tensor) -> Result<Tensor> {
         let t = qkv.dim(1);
-        if self.len + t > self.capacity() {
-            let grown = self.extended((self.len + t).max(2 * self.capacity()))?;
-            *self = grown;
-        }
+        self.reserve(t)?;
         let q = qkv.split_qkv_into(self.k.dim(1), &self.k, &self.v, self.len)?;
         self.len += t;
         Ok(q)

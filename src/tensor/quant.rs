@@ -121,28 +121,13 @@ fn scale(blk: &[u8]) -> f32 {
 
 /// The 32 weights of one ggml block, dequantized: each quant times the block's scale. The
 /// product of a quant (at most 8 bits) and an f16 scale (11 bits) is exact in f32, so this is
-/// the value the weight stands for, with no rounding of its own. Written as straight loops over
-/// fixed-size arrays so that the compiler vectorizes them (simd128 in wasm, SSE/AVX natively).
+/// the value the weight stands for, with no rounding of its own.
 #[inline(always)]
 fn dequantize_block(blk: &[u8], q8: bool, w: &mut [f32; BLOCK]) {
+    quants(&blk[2..], q8, w);
     let d = scale(blk);
-    let qs = &blk[2..];
-    if q8 {
-        let Some(qs) = qs.first_chunk::<BLOCK>() else {
-            return;
-        };
-        for (t, &v) in w.iter_mut().zip(qs) {
-            *t = (v as i8) as f32 * d;
-        }
-    } else {
-        let Some(qs) = qs.first_chunk::<{ BLOCK / 2 }>() else {
-            return;
-        };
-        let (lo, hi) = w.split_at_mut(BLOCK / 2);
-        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(qs) {
-            *l = ((v & 0xf) as i32 - 8) as f32 * d;
-            *h = ((v >> 4) as i32 - 8) as f32 * d;
-        }
+    for v in w.iter_mut() {
+        *v *= d;
     }
 }
 

@@ -73,7 +73,7 @@ struct EngineOptions {
     device: Option<String>,
     /// ask the GPU for a smaller storage-binding limit (bytes), e.g. to act like a phone
     max_storage_buffer_binding_size: Option<f64>,
-    /// the adapter is a software one (`adapter.info.isFallbackAdapter`): barrier-free kernels
+    /// the adapter is a software one (www/engine.js's `emulated`): barrier-free kernels
     software: Option<bool>,
 }
 
