@@ -35,7 +35,7 @@ fn matmul_matches_cpu() {
             let a = rng.vec(ba * m * k, -1.0, 1.0);
             let b = rng.vec(bb * k * n, -1.0, 1.0);
             let b_shape = if transposed { [bb, n, k] } else { [bb, k, n] };
-            let outs: Vec<Vec<f32>> = both()
+            let outs: Vec<Vec<f32>> = [cpu(), gpu(), gpu_other_kernels()]
                 .iter()
                 .map(|d| {
                     let (ta, tb) = (t(&a, &[ba, m, k], d), t(&b, &b_shape, d));
@@ -49,21 +49,25 @@ fn matmul_matches_cpu() {
                     read(&r)
                 })
                 .collect();
-            assert_close(
-                &format!("matmul {ba}x{m}x{k} @ {bb}x{k}x{n} t={transposed}"),
-                &outs[1],
-                &outs[0],
-                dot_tol(k),
-                0.0,
-            );
+            for (g, kernels) in [(1, "default"), (2, "other")] {
+                assert_close(
+                    &format!(
+                        "matmul {ba}x{m}x{k} @ {bb}x{k}x{n} t={transposed} ({kernels} GPU kernels)"
+                    ),
+                    &outs[g],
+                    &outs[0],
+                    dot_tol(k),
+                    0.0,
+                );
+            }
         }
     }
 }
 
-/// A GPU context that picks the other GEMV kernel than `gpu()`: lavapipe is a software adapter,
-/// so `gpu()` runs the barrier-free `gemv_rows`; this one runs the reduction `gemv` a real GPU
-/// gets (and the reverse on a machine with a real GPU).
-fn gpu_other_gemv() -> Device {
+/// A GPU context that picks the other matmul kernels than `gpu()`: lavapipe is a software
+/// adapter, so `gpu()` runs the barrier-free `gemv_rows` and `matmul_rows`; this one runs the
+/// reduction `gemv` and the tiled `matmul` a real GPU gets (and the reverse on a real GPU).
+fn gpu_other_kernels() -> Device {
     use std::sync::{Arc, OnceLock};
     static CTX: OnceLock<Arc<glimpse::GpuContext>> = OnceLock::new();
     let software = match gpu() {
@@ -108,7 +112,7 @@ fn linear_all_weight_dtypes_match_dequantized_reference() {
                     .linear(&t(&wq, &[n, k], &cpu()), Some(&t(&bias, &[n], &cpu())))
                     .unwrap(),
             );
-            for g in [gpu(), gpu_other_gemv()] {
+            for g in [gpu(), gpu_other_kernels()] {
                 let wt = Tensor::weight("w", &w, &[n, k], dtype, &g).unwrap();
                 let got = read(
                     &t(&x, &[rows, k], &g)
@@ -128,6 +132,59 @@ fn linear_all_weight_dtypes_match_dequantized_reference() {
                 // the same GPU weight, read back, is exactly the dequantized reference
                 let back = pollster::block_on(wt.dequantize_to_vec()).unwrap();
                 assert_eq!(back, wq, "{what}: GPU weight storage round trip");
+            }
+        }
+    }
+}
+
+/// A Linear with its activation and residual add in the matmul's epilogue (`linear_fused`) equals
+/// the three ops one after another on the CPU, for one row (GEMV) and several (GEMM), on both
+/// kernel sets, for every activation.
+#[test]
+fn fused_linear_epilogue_matches_separate_ops() {
+    use glimpse::io::config::Activation;
+    let mut rng = Rng::new(5);
+    for (rows, k, n) in [(1, 96, 67), (5, 64, 33), (70, 128, 65)] {
+        let x = rng.vec(rows * k, -1.0, 1.0);
+        let w = rng.vec(n * k, -1.0, 1.0);
+        let bias = rng.vec(n, -1.0, 1.0);
+        let res = rng.vec(rows * n, -1.0, 1.0);
+        for act in [
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::QuickGelu,
+            Activation::Silu,
+        ] {
+            let c = cpu();
+            let want = read(
+                &t(&x, &[rows, k], &c)
+                    .linear(&t(&w, &[n, k], &c), Some(&t(&bias, &[n], &c)))
+                    .unwrap()
+                    .activation(act)
+                    .unwrap()
+                    .add(&t(&res, &[rows, n], &c))
+                    .unwrap(),
+            );
+            for g in [gpu(), gpu_other_kernels()] {
+                let got = read(
+                    &t(&x, &[rows, k], &g)
+                        .linear_fused(
+                            &t(&w, &[n, k], &g),
+                            Some(&t(&bias, &[n], &g)),
+                            Some(act),
+                            Some(&t(&res, &[rows, n], &g)),
+                        )
+                        .unwrap(),
+                );
+                // the matmul's summation order differs (dot_tol); the activations are within a
+                // few ulps of candle's and have slopes ≤ 1.1, so the same bound holds after them
+                assert_close(
+                    &format!("fused linear {rows}x{k}·{n} {act:?}"),
+                    &got,
+                    &want,
+                    dot_tol(k),
+                    0.0,
+                );
             }
         }
     }
@@ -182,7 +239,7 @@ fn add_mul_broadcast_match_cpu() {
         let a = rng.vec(sa.iter().product(), -5.0, 5.0);
         let b = rng.vec(sb.iter().product(), -5.0, 5.0);
         for mul in [false, true] {
-            let outs: Vec<Vec<f32>> = both()
+            let outs: Vec<Vec<f32>> = [cpu(), gpu(), gpu_other_kernels()]
                 .iter()
                 .map(|d| {
                     let (x, y) = (t(&a, sa, d), t(&b, sb, d));
@@ -496,7 +553,8 @@ fn attention_matches_cpu() {
             })
             .collect();
         let scale = 1.0 / (c.d as f32).sqrt();
-        let outs: Vec<Vec<f32>> = both()
+        // the CPU, then the GPU's two kernels (one workgroup per query, one invocation per query)
+        let outs: Vec<Vec<f32>> = [cpu(), gpu(), gpu_other_kernels()]
             .iter()
             .map(|d| {
                 let m = t(&mask, &[c.b, c.tq, c.cap], d);
@@ -524,6 +582,13 @@ fn attention_matches_cpu() {
         );
         let atol = if c.q_scale > 1.0 { 2e-4 } else { 2e-5 };
         assert_close(&what, &outs[1], &outs[0], atol, 0.0);
+        assert_close(
+            &format!("{what} (other kernel)"),
+            &outs[2],
+            &outs[0],
+            atol,
+            0.0,
+        );
     }
 }
 

@@ -78,10 +78,17 @@ pub(crate) fn attention(
         scale: opts.scale,
         kv_shared: (k.shape()[0] == 1 && b > 1) as u32,
     };
+    // one workgroup per query row, or on a software adapter one invocation per query row
+    let software = ctx.summary().software;
+    let (entry, rows_wg) = if software {
+        ("attention_rows", WG as usize)
+    } else {
+        ("attention", 1)
+    };
     let workload = Workload {
         workgroup_size: [WG, 1],
         workgroup_count: [
-            u32_of(op, "Tq", tq)?,
+            u32_of(op, "Tq", tq.div_ceil(rows_wg))?,
             u32_of(op, "heads", h)?,
             u32_of(op, "batch", b)?,
         ],
@@ -89,7 +96,7 @@ pub(crate) fn attention(
     launch(
         ctx,
         &SHADER,
-        "attention",
+        entry,
         vec![],
         &params,
         &[

@@ -133,3 +133,65 @@ fn attention(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
         }
     }
 }
+
+// ---- attention_rows: one invocation per (query row gid.x, head wid.y, batch wid.z), without
+// workgroup memory or barriers, for software adapters (SwiftShader, lavapipe; see
+// GpuOptions::software): the keys one at a time with the same online softmax, the query and the
+// output accumulator held by the invocation. ----
+
+@compute @workgroup_size(WG_X)
+fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.tq) {
+        return;
+    }
+    let h = wid.y;
+    let b = wid.z;
+    let d = p.head_dim;
+    let hk = h / (p.heads / p.kv_heads);
+    let q_off = ((b * p.heads + h) * p.tq + i) * d;
+    let kv_b = select(b, 0u, p.kv_shared == 1u);
+    let kv_off = (kv_b * p.kv_heads + hk) * p.cap * d;
+    let mask_off = b * p.mask_b_stride + i * p.mask_cols;
+
+    var qv: array<f32, MAX_D>;
+    var acc: array<f32, MAX_D>;
+    for (var j = 0u; j < d; j++) {
+        qv[j] = q[q_off + j] * p.scale;
+        acc[j] = 0.0;
+    }
+    var n_keys = p.kv_len;
+    if (p.causal != 0u) {
+        n_keys = p.kv_len - p.tq + i + 1u;
+    }
+    var m = NEG;
+    var l = 0.0;
+    for (var key = 0u; key < n_keys; key++) {
+        let kr = kv_off + key * d;
+        var s = 0.0;
+        for (var j = 0u; j < d; j++) {
+            s = fma(qv[j], k[kr + j], s);
+        }
+        if (p.has_mask != 0u) {
+            s += mask[mask_off + key];
+        }
+        s = max(s, NEG);
+        if (s > m) {
+            let alpha = exp(m - s);
+            l *= alpha;
+            for (var j = 0u; j < d; j++) {
+                acc[j] *= alpha;
+            }
+            m = s;
+        }
+        let e = exp(s - m);
+        l += e;
+        for (var j = 0u; j < d; j++) {
+            acc[j] = fma(e, v[kr + j], acc[j]);
+        }
+    }
+    let inv = select(0.0, 1.0 / l, l > 0.0);
+    for (var j = 0u; j < d; j++) {
+        out[q_off + j] = acc[j] * inv;
+    }
+}

@@ -19,6 +19,33 @@ const GEMV_WG: u32 = 256;
 const GEMV_ROWS: usize = 8;
 /// gemv_rows (software adapters): one output per invocation, 64 per workgroup.
 const GEMV_ROWS_WG: u32 = 64;
+/// matmul_rows (software adapters): 4×4 outputs per invocation, 16×4 invocations per workgroup.
+const GEMM_ROWS_WG: [u32; 2] = [16, 4];
+
+/// The GEMM's entry point and workload for M×N outputs per batch: the tiled `matmul`, or on a
+/// software adapter the barrier-free `matmul_rows` (see GpuOptions::software).
+fn gemm(software: bool, m: usize, n: usize, batch: u32) -> Result<(&'static str, Workload)> {
+    let op = "matmul";
+    let (entry, size, tile) = if software {
+        let [x, y] = GEMM_ROWS_WG;
+        (
+            "matmul_rows",
+            GEMM_ROWS_WG,
+            [4 * x as usize, 4 * y as usize],
+        )
+    } else {
+        ("matmul", GEMM_WG, [GEMM_TILE, GEMM_TILE])
+    };
+    let workload = Workload {
+        workgroup_size: size,
+        workgroup_count: [
+            u32_of(op, "N / tile", n.div_ceil(tile[0]))?,
+            u32_of(op, "M / tile", m.div_ceil(tile[1]))?,
+            batch,
+        ],
+    };
+    Ok((entry, workload))
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -80,18 +107,11 @@ pub(crate) fn matmul(
         has_residual: 0,
         _pad: [0; 3],
     };
-    let workload = Workload {
-        workgroup_size: GEMM_WG,
-        workgroup_count: [
-            n.div_ceil(GEMM_TILE) as u32,
-            m.div_ceil(GEMM_TILE) as u32,
-            u32_of(op, "batch", batch)?,
-        ],
-    };
+    let (entry, workload) = gemm(ctx.summary().software, m, n, u32_of(op, "batch", batch)?)?;
     launch(
         ctx,
         &SHADER,
-        "matmul",
+        entry,
         vec![("WDTYPE", 0), ("B_TRANS", b_t as u32)],
         &params,
         &[
@@ -185,17 +205,8 @@ pub(crate) fn linear(
         };
         launch(ctx, &SHADER, "gemv", constants, &params, &buffers, workload)?;
     } else {
-        let workload = Workload {
-            workgroup_size: GEMM_WG,
-            workgroup_count: [
-                n.div_ceil(GEMM_TILE) as u32,
-                u32_of(op, "rows/64", rows.div_ceil(GEMM_TILE))?,
-                1,
-            ],
-        };
-        launch(
-            ctx, &SHADER, "matmul", constants, &params, &buffers, workload,
-        )?;
+        let (entry, workload) = gemm(ctx.summary().software, rows, n, 1)?;
+        launch(ctx, &SHADER, entry, constants, &params, &buffers, workload)?;
     }
     Ok(Tensor::gpu(ctx, out, out_shape, DType::F32))
 }

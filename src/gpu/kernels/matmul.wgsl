@@ -355,3 +355,99 @@ fn gemv_rows(
     let ci = row * p.n + n;
     c[ci] = epilogue(sum, n, ci);
 }
+
+// ---- matmul_rows: the GEMM without workgroup memory or barriers, for software adapters (as
+// gemv_rows). Each invocation owns a 4×4 block of outputs — rows 4·gid.y.., columns 4·gid.x.. of
+// batch wid.z — and reads A and B straight from memory: on a CPU its caches do what the shared
+// tiles do on a GPU, and no barrier switches through the workgroup's invocations. ----
+
+// B's values (column n, depths k..k+3), for any WDTYPE; k is a multiple of 4.
+fn b4(b_base: u32, n: u32, k: u32) -> vec4<f32> {
+    if (WDTYPE == 2u) {
+        let blk = n * (p.k / BK) + k / BK;
+        let word = b[blk * 8u + (k % BK) / 4u];
+        let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+        return q * block_scale(blk);
+    }
+    if (WDTYPE == 3u) {
+        let blk = n * (p.k / BK) + k / BK;
+        let o = k % BK;
+        let word = b[blk * 4u + (o % 16u) / 4u] >> select(0u, 4u, o >= 16u);
+        let q = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
+        return q * block_scale(blk);
+    }
+    if (B_TRANS) {
+        let i = b_base + n * p.k + k;
+        return vec4<f32>(load_dense(i), load_dense(i + 1u), load_dense(i + 2u), load_dense(i + 3u));
+    }
+    let i = b_base + k * p.n + n;
+    return vec4<f32>(load_dense(i), load_dense(i + p.n), load_dense(i + 2u * p.n), load_dense(i + 3u * p.n));
+}
+
+// B[n, k] (or B[k, n]) of a dense B: the K % 4 tail.
+fn b1(b_base: u32, n: u32, k: u32) -> f32 {
+    if (B_TRANS) {
+        return load_dense(b_base + n * p.k + k);
+    }
+    return load_dense(b_base + k * p.n + n);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_rows(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+) {
+    let m0 = gid.y * 4u;
+    let n0 = gid.x * 4u;
+    if (m0 >= p.m || n0 >= p.n) {
+        return;
+    }
+    let batch = wid.z;
+    let a_base = batch * p.a_batch_stride;
+    let b_base = batch * p.b_batch_stride;
+    // rows and columns past the edge read the last valid one and are not stored
+    var ar: array<u32, 4>;
+    var bn: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        ar[i] = a_base + min(m0 + i, p.m - 1u) * p.k;
+        bn[i] = min(n0 + i, p.n - 1u);
+    }
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    let k4 = p.k & ~3u;
+    for (var k = 0u; k < k4; k += 4u) {
+        let b0 = b4(b_base, bn[0], k);
+        let b1v = b4(b_base, bn[1], k);
+        let b2 = b4(b_base, bn[2], k);
+        let b3 = b4(b_base, bn[3], k);
+        for (var i = 0u; i < 4u; i++) {
+            let x = a4(ar[i] + k);
+            acc[i * 4u] += dot(x, b0);
+            acc[i * 4u + 1u] += dot(x, b1v);
+            acc[i * 4u + 2u] += dot(x, b2);
+            acc[i * 4u + 3u] += dot(x, b3);
+        }
+    }
+    // only dense B can have K % 4 ≠ 0 (quantized K is a multiple of 32)
+    for (var k = k4; k < p.k; k++) {
+        for (var j = 0u; j < 4u; j++) {
+            let w = b1(b_base, bn[j], k);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i * 4u + j] = fma(a[ar[i] + k], w, acc[i * 4u + j]);
+            }
+        }
+    }
+    let c_base = batch * p.c_batch_stride;
+    for (var i = 0u; i < 4u; i++) {
+        let gm = m0 + i;
+        for (var j = 0u; j < 4u; j++) {
+            let gn = n0 + j;
+            if (gm < p.m && gn < p.n) {
+                let ci = c_base + gm * p.n + gn;
+                c[ci] = epilogue(acc[i * 4u + j], gn, ci);
+            }
+        }
+    }
+}
