@@ -199,7 +199,9 @@ async function main() {
         for (const runtime of RUNTIMES) {
           process.stderr.write(`${model} ${path}${layers ? ` (${layers} layers)` : ''}: ${runtime}…\n`);
           res[runtime] = await runPage(context, base, runtime, m, path, png);
-          process.stderr.write(`  load ${(res[runtime].loadMs / 1000).toFixed(1)} s, runs ${res[runtime].times.map((t) => t.toFixed(0)).join(' ')} ms, ${JSON.stringify(res[runtime].out).slice(0, 160)}\n`);
+          const { timings, ...out } = res[runtime].out;
+          process.stderr.write(`  load ${(res[runtime].loadMs / 1000).toFixed(1)} s, runs ${res[runtime].times.map((t) => t.toFixed(0)).join(' ')} ms, ${JSON.stringify(out).slice(0, 160)}\n`);
+          if (timings) process.stderr.write(`  last run's timings: ${JSON.stringify(timings)}\n`);
         }
         if (res.before && res.glimpse) {
           process.stderr.write(`  before → now: ${median(res.before.times).toFixed(0)} → ${median(res.glimpse.times).toFixed(0)} ms (${(median(res.glimpse.times) / median(res.before.times)).toFixed(2)}×)\n`);

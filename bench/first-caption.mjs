@@ -27,6 +27,23 @@ const SCENE = 9000000;
 async function visit(context, url) {
   const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') process.stderr.write(`  [page] ${m.text()}\n`); });
+  // milestones: every change of the model status and the caption's state, with its time
+  await page.addInitScript(() => {
+    window.__marks = [];
+    const seen = new Map();
+    const watch = () => {
+      for (const [id, what] of [['model-status', 'text'], ['caption-text', 'state']]) {
+        const el = document.getElementById(id);
+        if (!el) continue;
+        const v = what === 'text' ? el.textContent : el.dataset.state;
+        if (seen.get(id) !== v) {
+          seen.set(id, v);
+          window.__marks.push([Math.round(performance.now()), id, String(v).slice(0, 90)]);
+        }
+      }
+    };
+    new MutationObserver(watch).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  });
   try {
     await page.goto(url);
     await page.waitForFunction(
@@ -42,6 +59,9 @@ async function visit(context, url) {
       error: document.getElementById('caption-error').textContent,
       device: document.getElementById('model-status')?.textContent ?? '',
       captionTime: document.getElementById('caption-time')?.textContent ?? '',
+      marks: window.__marks,
+      wasm: performance.getEntriesByType('resource').filter((e) => e.name.endsWith('.wasm'))
+        .map((e) => ({ start: Math.round(e.startTime), end: Math.round(e.responseEnd) })),
     }));
   } finally {
     await page.close();
@@ -65,6 +85,7 @@ try {
         if (r.state !== 'done') throw new Error(`${path}: no caption: ${r.error || r.state}`);
       }
       const ms = warm.map((r) => r.ms).sort((a, b) => a - b);
+      if (process.env.VERBOSE) for (const r of [cold, warm.at(-1)]) console.error(path, JSON.stringify(r.wasm), JSON.stringify(r.marks, null, 0));
       rows.push({
         path, coldMs: cold.ms, warmMs: ms, warmMedianMs: ms[Math.floor(ms.length / 2)],
         caption: cold.caption, device: cold.device, captionTime: warm.at(-1).captionTime,

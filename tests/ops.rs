@@ -334,6 +334,7 @@ fn layer_norm_and_rms_norm_match_cpu() {
         (2, 769, 0.0),
         (2, 4096, 0.0),
         (5, 768, 1000.0),
+        (197, 96, 0.0), // several workgroups of the one-row-per-invocation kernel
     ] {
         let x: Vec<f32> = rng
             .vec(rows * cols, -2.0, 2.0)
@@ -342,7 +343,8 @@ fn layer_norm_and_rms_norm_match_cpu() {
             .collect();
         let w = rng.vec(cols, 0.5, 1.5);
         let b = rng.vec(cols, -1.0, 1.0);
-        let outs: Vec<(Vec<f32>, Vec<f32>)> = both()
+        // the CPU, then the GPU's two kernels (a workgroup per row, an invocation per row)
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = [cpu(), gpu(), gpu_other_kernels()]
             .iter()
             .map(|d| {
                 let xt = t(&x, &[rows, cols], d);
@@ -356,20 +358,22 @@ fn layer_norm_and_rms_norm_match_cpu() {
         // Normalized values are O(1). With a mean of 1000 each input carries f32 rounding of
         // 1000·ε ≈ 6e-5 before normalization: the tolerance is set by that, not by the kernels.
         let atol = if offset > 0.0 { 2e-4 } else { 2e-5 };
-        assert_close(
-            &format!("layer_norm {rows}x{cols} +{offset}"),
-            &outs[1].0,
-            &outs[0].0,
-            atol,
-            0.0,
-        );
-        assert_close(
-            &format!("rms_norm {rows}x{cols} +{offset}"),
-            &outs[1].1,
-            &outs[0].1,
-            atol,
-            1e-5,
-        );
+        for (g, kernels) in [(1, "default"), (2, "other")] {
+            assert_close(
+                &format!("layer_norm {rows}x{cols} +{offset} ({kernels} GPU kernel)"),
+                &outs[g].0,
+                &outs[0].0,
+                atol,
+                0.0,
+            );
+            assert_close(
+                &format!("rms_norm {rows}x{cols} +{offset} ({kernels} GPU kernel)"),
+                &outs[g].1,
+                &outs[0].1,
+                atol,
+                1e-5,
+            );
+        }
     }
 }
 

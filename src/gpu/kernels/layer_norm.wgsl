@@ -72,3 +72,41 @@ fn layer_norm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_i
         out[base + i] = v;
     }
 }
+
+// ---- layer_norm_rows: one invocation per row (row = gid.x + wid.y · p.groups_x), without
+// workgroup memory or barriers, for software adapters (see GpuOptions::software): a prefill's
+// LayerNorm over a few hundred rows cost 8 barriers per row there. Same two passes. ----
+
+@compute @workgroup_size(WG_X)
+fn layer_norm_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row = gid.x + wid.y * p.groups_x;
+    if (gid.x >= p.groups_x || row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    let n = f32(p.cols);
+    var mean = 0.0;
+    if (!RMS) {
+        // summed as offsets from the first value: a long sequential f32 sum of values with
+        // |mean| ≫ std would lose the digits that matter (the tree reduction above does not)
+        let x0 = x[base];
+        var s = 0.0;
+        for (var i = 0u; i < p.cols; i++) {
+            s += x[base + i] - x0;
+        }
+        mean = x0 + s / n;
+    }
+    var sq = 0.0;
+    for (var i = 0u; i < p.cols; i++) {
+        let d = x[base + i] - mean;
+        sq += d * d;
+    }
+    let rstd = inverseSqrt(sq / n + p.eps);
+    for (var i = 0u; i < p.cols; i++) {
+        var v = (x[base + i] - mean) * rstd * weight[i];
+        if (HAS_BIAS) {
+            v += bias[i];
+        }
+        out[base + i] = v;
+    }
+}

@@ -59,7 +59,9 @@ struct Params {
     c_batch_stride: u32,
     scale_offset: u32,
     has_residual: u32,
-    _pad: [u32; 3],
+    /// 0: none, else the activation's op + 1 (activation.wgsl)
+    act: u32,
+    _pad: [u32; 2],
 }
 
 /// Word offset of the scales in a quantized weight of `numel` values.
@@ -105,7 +107,8 @@ pub(crate) fn matmul(
         c_batch_stride: u32_of(op, "M·N", m * n)?,
         scale_offset: 0,
         has_residual: 0,
-        _pad: [0; 3],
+        act: 0,
+        _pad: [0; 2],
     };
     let (entry, workload) = gemm(ctx.summary().software, m, n, u32_of(op, "batch", batch)?)?;
     launch(
@@ -169,13 +172,10 @@ pub(crate) fn linear(
         c_batch_stride: 0,
         scale_offset: scale_offset(w.dtype(), w.numel()),
         has_residual: residual.is_some() as u32,
-        _pad: [0; 3],
+        act: act.map_or(0, |a| a as u32 + 1),
+        _pad: [0; 2],
     };
-    let constants = vec![
-        ("WDTYPE", w.dtype().kernel_code()),
-        ("B_TRANS", 1),
-        ("ACT", act.map_or(0, |a| a as u32 + 1)),
-    ];
+    let constants = vec![("WDTYPE", w.dtype().kernel_code()), ("B_TRANS", 1)];
     let buffers = [
         (xbuf, x.gpu_bytes()),
         (wbuf, w.gpu_bytes()),

@@ -4,7 +4,7 @@
 //   matmul: C[b] = A[b] · B[b] (+ bias)   tiled GEMM, 64×64 outputs per workgroup (prefill)
 //   gemv:   c    = a · Bᵀ (+ bias)        one input row per workgroup.z, 8 output rows per workgroup (decode)
 //
-// Both end in the same epilogue: v = acc (+ bias[n]); v = activate(v) when ACT > 0 (op ACT - 1);
+// Both end in the same epilogue: v = acc (+ bias[n]); v = activate(v) when p.act > 0 (op act - 1);
 // v += residual[m, n] when has_residual — a Linear, its activation and the residual add of a
 // transformer block in one dispatch.
 //
@@ -23,7 +23,10 @@ struct Params {
     c_batch_stride: u32,   // elements
     scale_offset: u32,     // words
     has_residual: u32,
-    _pad0: u32,
+    // 0: none, else activation.wgsl's op act - 1. A uniform rather than an override constant:
+    // one pipeline per kernel and weight format instead of one per activation too (pipelines
+    // are compiled at first use, slowly on software adapters; the branch is uniform).
+    act: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -32,7 +35,6 @@ override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
 override WDTYPE: u32 = 0u;
 override B_TRANS: bool = true;  // B is [N, K] (a Linear's weight) rather than [K, N]
-override ACT: u32 = 0u;  // 0: none, else activation.wgsl's op ACT - 1
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -47,8 +49,8 @@ fn epilogue(acc: f32, n: u32, i: u32) -> f32 {
     if (p.has_bias != 0u) {
         v += bias[n];
     }
-    if (ACT > 0u) {
-        v = activate(v, ACT - 1u);
+    if (p.act > 0u) {
+        v = activate(v, p.act - 1u);
     }
     if (p.has_residual != 0u) {
         v += residual[i];

@@ -18,6 +18,8 @@ static ARGMAX: Shader = Shader {
     source: include_str!("argmax.wgsl"),
 };
 const WG: u32 = 256;
+/// Invocations per workgroup of the one-row-per-invocation kernels.
+const ROWS_WG: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -54,6 +56,30 @@ fn rows_workload(op: &'static str, x: &Tensor) -> Result<(RowParams, Workload)> 
     Ok((params, workload))
 }
 
+/// One invocation per row (the `_rows` kernels of software adapters): `groups_x` is the number
+/// of rows along x (invocations, a multiple of the workgroup size); rows past it continue along y.
+fn invocation_rows_workload(op: &'static str, x: &Tensor) -> Result<(RowParams, Workload)> {
+    let cols = x.dim(-1);
+    let rows = x.numel() / cols.max(1);
+    let wg = ROWS_WG as usize;
+    let x_groups = rows.div_ceil(wg).clamp(1, 65535);
+    let params = RowParams {
+        rows: u32_of(op, "rows", rows)?,
+        cols: u32_of(op, "cols", cols)?,
+        groups_x: (x_groups * wg) as u32,
+        _pad: 0,
+    };
+    let workload = Workload {
+        workgroup_size: [ROWS_WG, 1],
+        workgroup_count: [
+            x_groups as u32,
+            rows.div_ceil(x_groups * wg).max(1) as u32,
+            1,
+        ],
+    };
+    Ok((params, workload))
+}
+
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
     let (params, workload) = rows_workload("softmax", x)?;
@@ -79,7 +105,12 @@ pub(crate) fn layer_norm(
     rms: bool,
 ) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
-    let (row, workload) = rows_workload("layer_norm", x)?;
+    let software = ctx.summary().software;
+    let (row, workload) = if software {
+        invocation_rows_workload("layer_norm", x)?
+    } else {
+        rows_workload("layer_norm", x)?
+    };
     let out = output(ctx, "layer_norm", x.shape(), DType::F32)?;
     let dummy = placeholder(ctx)?;
     let (wbuf, wbytes) = match weight {
@@ -98,7 +129,11 @@ pub(crate) fn layer_norm(
     launch(
         ctx,
         &LAYER_NORM,
-        "layer_norm",
+        if software {
+            "layer_norm_rows"
+        } else {
+            "layer_norm"
+        },
         vec![("RMS", rms as u32), ("HAS_BIAS", bias.is_some() as u32)],
         &params,
         &[
