@@ -19,9 +19,9 @@
 // --gpu-layers N layers per tower (real widths, vocabulary and image size); --gpu-layers 0 keeps the
 // full depth (a real GPU). CPU paths always run at full depth.
 //
-// Per path: model load (download from the local server to ready; glimpse does not store, and
-// transformers.js's browser cache is off), then one warm-up and --runs timed requests (median
-// reported), the generated ids of both runtimes (they must agree in f32; q8 quantizes differently
+// Per path: every runtime's model loaded in its own page (download from the local server to
+// ready; glimpse does not store, and transformers.js's browser cache is off), one warm-up request
+// each, then --runs rounds of one request per runtime, interleaved (median reported), the generated ids of both runtimes (they must agree in f32; q8 quantizes differently
 // in each runtime) and CLIP's best label. Prints a table; --json writes the rows.
 // transformers.js runs with its default threading: onnxruntime-web takes min(4, cores / 2) threads
 // when the page is cross-origin isolated (one here, 2 cores) — the header of the table says which.
@@ -81,83 +81,114 @@ async function prepare(model, layers) {
   return { id, catalogUrl: mirror.catalogUrl, onnxName, task: model === 'clip' ? 'match' : 'caption' };
 }
 
-/** One runtime on one path in a new page: load, warm-up, timed runs. */
-async function runPage(context, base, runtime, m, path, png) {
+/**
+ * One runtime on one path in a new page: loads the model and leaves `window.__request` in the page
+ * (one request: {ms, out}). Returns {page, loadMs, backend, isolated, threads}.
+ */
+async function openRuntime(context, base, runtime, m, path, png) {
   const page = await context.newPage();
   page.setDefaultTimeout(3_600_000);
   page.on('console', (msg) => { if (msg.type() === 'error') process.stderr.write(`  [page] ${msg.text()}\n`); });
   const blank = `${base}/__glimpse_compare_blank__`;
   await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>compare</title>' }));
   await page.goto(blank);
-  try {
-    const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], runs: RUNS, png: [...png], labels: LABELS, task: m.task };
-    if (runtime === 'glimpse' || runtime === 'before') {
-      const root = runtime === 'before' ? BEFORE_ROOT : GLIMPSE_ROOT;
-      return await page.evaluate(async ({ id, catalog, device, dtype, runs, png, labels, task, root }) => {
-        const glimpse = await import(`${root}/www/glimpse.js`);
-        const t0 = performance.now();
-        const model = await glimpse.load(id, { device, dtype, catalog, store: false });
-        const loadMs = performance.now() - t0;
-        const times = [];
-        let out;
-        for (let i = 0; i <= runs; i++) {
-          const img = new Uint8Array(png); // a new object: encoded again, not reused
-          const t = performance.now();
-          if (task === 'match') {
-            const r = await model.match(img, labels);
-            out = { best: r[0].label, scores: labels.map((l) => r.find((x) => x.label === l).score), timings: r.timings };
-          } else {
-            const r = await model.caption(img, { maxNewTokens: 16, minNewTokens: 16 });
-            out = { ids: r.ids.slice(-16), text: r.text, timings: r.timings }; // the 16 new tokens (ids starts with the decoder's start)
-          }
-          if (i > 0) times.push(performance.now() - t);
-          await model.forget(img);
-        }
-        const backend = model.backend.device;
-        await model.dispose();
-        return { loadMs, times, out, backend, isolated: self.crossOriginIsolated };
-      }, { id: m.id, catalog: m.catalogUrl, ...opts, root: root ? `/${root.replace(/^\/+|\/+$/g, '')}` : '' });
-    }
-    return await page.evaluate(async ({ name, device, dtype, runs, png, labels, task }) => {
-      const T = await import('/bench/compare/node_modules/@huggingface/transformers/dist/transformers.js');
-      T.env.allowRemoteModels = false;
-      T.env.allowLocalModels = true;
-      T.env.localModelPath = '/out/bench-onnx/';
-      T.env.useBrowserCache = false;
-      T.env.backends.onnx.wasm.wasmPaths = '/bench/compare/node_modules/onnxruntime-web/dist/';
+  const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], png: [...png], labels: LABELS, task: m.task };
+  if (runtime === 'glimpse' || runtime === 'before') {
+    const root = runtime === 'before' ? BEFORE_ROOT : GLIMPSE_ROOT;
+    const info = await page.evaluate(async ({ id, catalog, device, dtype, png, labels, task, root }) => {
+      const glimpse = await import(`${root}/www/glimpse.js`);
       const t0 = performance.now();
-      let run;
-      if (task === 'match') {
-        const classify = await T.pipeline('zero-shot-image-classification', name, { device, dtype });
-        run = async (image) => {
-          const r = await classify(image, labels, { hypothesis_template: '{}' });
-          return { best: r[0].label, scores: labels.map((l) => r.find((x) => x.label === l).score) };
-        };
-      } else {
-        const processor = await T.AutoProcessor.from_pretrained(name);
-        const tokenizer = await T.AutoTokenizer.from_pretrained(name);
-        const model = await T.AutoModelForVision2Seq.from_pretrained(name, { device, dtype });
-        run = async (image) => {
-          const inputs = await processor(image);
-          const out = await model.generate({ ...inputs, max_new_tokens: 16, min_new_tokens: 16, do_sample: false, num_beams: 1 });
-          const ids = Array.from(out.tolist()[0], Number);
-          return { ids: ids.slice(-16), text: tokenizer.decode(ids, { skip_special_tokens: true }).trim() };
-        };
-      }
+      const model = await glimpse.load(id, { device, dtype, catalog, store: false });
       const loadMs = performance.now() - t0;
-      const times = [];
-      let out;
-      for (let i = 0; i <= runs; i++) {
+      window.__request = async () => {
+        const img = new Uint8Array(png); // a new object: encoded again, not reused
         const t = performance.now();
-        const image = await T.RawImage.fromBlob(new Blob([new Uint8Array(png)], { type: 'image/png' }));
-        out = await run(image);
-        if (i > 0) times.push(performance.now() - t);
+        let out;
+        if (task === 'match') {
+          const r = await model.match(img, labels);
+          out = { best: r[0].label, scores: labels.map((l) => r.find((x) => x.label === l).score), timings: r.timings };
+        } else {
+          const r = await model.caption(img, { maxNewTokens: 16, minNewTokens: 16 });
+          out = { ids: r.ids.slice(-16), text: r.text, timings: r.timings }; // the 16 new tokens (ids starts with the decoder's start)
+        }
+        const ms = performance.now() - t;
+        await model.forget(img);
+        return { ms, out };
+      };
+      return { loadMs, backend: model.backend.device, isolated: self.crossOriginIsolated, threads: null };
+    }, { id: m.id, catalog: m.catalogUrl, ...opts, root: root ? `/${root.replace(/^\/+|\/+$/g, '')}` : '' });
+    return { page, ...info };
+  }
+  const info = await page.evaluate(async ({ name, device, dtype, png, labels, task }) => {
+    const T = await import('/bench/compare/node_modules/@huggingface/transformers/dist/transformers.js');
+    T.env.allowRemoteModels = false;
+    T.env.allowLocalModels = true;
+    T.env.localModelPath = '/out/bench-onnx/';
+    T.env.useBrowserCache = false;
+    T.env.backends.onnx.wasm.wasmPaths = '/bench/compare/node_modules/onnxruntime-web/dist/';
+    const t0 = performance.now();
+    let run;
+    if (task === 'match') {
+      const classify = await T.pipeline('zero-shot-image-classification', name, { device, dtype });
+      run = async (image) => {
+        const r = await classify(image, labels, { hypothesis_template: '{}' });
+        return { best: r[0].label, scores: labels.map((l) => r.find((x) => x.label === l).score) };
+      };
+    } else {
+      const processor = await T.AutoProcessor.from_pretrained(name);
+      const tokenizer = await T.AutoTokenizer.from_pretrained(name);
+      const model = await T.AutoModelForVision2Seq.from_pretrained(name, { device, dtype });
+      run = async (image) => {
+        const inputs = await processor(image);
+        const out = await model.generate({ ...inputs, max_new_tokens: 16, min_new_tokens: 16, do_sample: false, num_beams: 1 });
+        const ids = Array.from(out.tolist()[0], Number);
+        return { ids: ids.slice(-16), text: tokenizer.decode(ids, { skip_special_tokens: true }).trim() };
+      };
+    }
+    const loadMs = performance.now() - t0;
+    window.__request = async () => {
+      const t = performance.now();
+      const image = await T.RawImage.fromBlob(new Blob([new Uint8Array(png)], { type: 'image/png' }));
+      const out = await run(image);
+      return { ms: performance.now() - t, out };
+    };
+    const w = T.env.backends.onnx.wasm;
+    return { loadMs, backend: device, isolated: self.crossOriginIsolated, threads: w.numThreads ?? null };
+  }, { name: m.onnxName, ...opts });
+  return { page, ...info };
+}
+
+/**
+ * The runtimes of one (model, path), each in its own page with its model loaded: one warm-up
+ * request each, then `RUNS` rounds of one request per runtime, the order rotating every round.
+ * Interleaved, a drift of the machine's speed (up to 40% within minutes here) falls on every
+ * runtime alike instead of on whichever ran last. Returns {runtime: {loadMs, times, out, …}}.
+ */
+async function runInterleaved(context, base, m, path, png) {
+  const open = {};
+  try {
+    for (const runtime of RUNTIMES) {
+      process.stderr.write(`  ${runtime}: loading…\n`);
+      open[runtime] = await openRuntime(context, base, runtime, m, path, png);
+      process.stderr.write(`  ${runtime}: loaded in ${(open[runtime].loadMs / 1000).toFixed(1)} s\n`);
+    }
+    const request = (runtime) => open[runtime].page.evaluate(() => window.__request());
+    const res = {};
+    for (const runtime of RUNTIMES) {
+      await request(runtime); // warm-up
+      res[runtime] = { ...open[runtime], page: undefined, times: [], out: null };
+    }
+    for (let i = 0; i < RUNS; i++) {
+      const order = RUNTIMES.map((_, j) => RUNTIMES[(i + j) % RUNTIMES.length]);
+      for (const runtime of order) {
+        const { ms, out } = await request(runtime);
+        res[runtime].times.push(ms);
+        res[runtime].out = out;
       }
-      const w = T.env.backends.onnx.wasm;
-      return { loadMs, times, out, backend: device, isolated: self.crossOriginIsolated, threads: w.numThreads ?? null };
-    }, { name: m.onnxName, ...opts });
+    }
+    return res;
   } finally {
-    await page.close();
+    for (const o of Object.values(open)) await o.page.close();
   }
 }
 
@@ -195,11 +226,11 @@ async function main() {
         const cut = path === 'webgpu' ? GPU_LAYERS : CPU_LAYERS;
         const layers = cut > 0 ? cut : null;
         const m = await prepare(model, layers);
-        const res = {};
+        process.stderr.write(`${model} ${path}${layers ? ` (${layers} layers)` : ''}: ${RUNTIMES.join(', ')}, interleaved\n`);
+        const res = await runInterleaved(context, base, m, path, png);
         for (const runtime of RUNTIMES) {
-          process.stderr.write(`${model} ${path}${layers ? ` (${layers} layers)` : ''}: ${runtime}…\n`);
-          res[runtime] = await runPage(context, base, runtime, m, path, png);
           const { timings, ...out } = res[runtime].out;
+          process.stderr.write(`  ${runtime}: `);
           process.stderr.write(`  load ${(res[runtime].loadMs / 1000).toFixed(1)} s, runs ${res[runtime].times.map((t) => t.toFixed(0)).join(' ')} ms, ${JSON.stringify(out).slice(0, 160)}\n`);
           if (timings) process.stderr.write(`  last run's timings: ${JSON.stringify(timings)}\n`);
         }
