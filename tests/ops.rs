@@ -537,6 +537,37 @@ fn attention_matches_cpu() {
             d: 64,
             ..base
         }, // ViT-base sized
+        AttnCase {
+            b: 1,
+            h: 12,
+            hkv: 12,
+            tq: 577,
+            cap: 577,
+            kv_len: 577,
+            d: 64,
+            ..base
+        }, // BLIP-base's vision tower (384 px): more keys than llvmpipe's loop budget allows
+        // one invocation with scalar loops (see attention.rs ROWS_LOOP_BUDGET)
+        AttnCase {
+            b: 2,
+            h: 4,
+            hkv: 4,
+            tq: 1,
+            cap: 577,
+            kv_len: 577,
+            d: 64,
+            ..base
+        }, // cross-attention decode step over BLIP-base's image tokens
+        AttnCase {
+            b: 1,
+            h: 2,
+            hkv: 2,
+            tq: 2,
+            cap: 2100,
+            kv_len: 2100,
+            d: 64,
+            ..base
+        }, // past the budget: software adapters take the workgroup kernel here too
     ];
     for c in cases {
         let q: Vec<f32> = rng

@@ -31,6 +31,20 @@ struct Params {
     kv_shared: u32,
 }
 
+/// llvmpipe (lavapipe) stops every loop of a shader invocation once 65535 loop iterations were
+/// taken in all (gallivm's loop limiter), silently: `attention_rows`, which walks all keys in one
+/// invocation, gave wrong outputs from ~500 keys at head_dim 64 before it read 4 dims per
+/// iteration. This budget keeps a margin below that limit; longer rows take `attention`.
+const ROWS_LOOP_BUDGET: usize = 60_000;
+
+/// Whether `attention_rows`' loops for `kv_len` keys of `d` dims stay within ROWS_LOOP_BUDGET:
+/// per key one iteration of the key loop and two passes over the dims (4 at a time when d is a
+/// multiple of 4), plus the query load and the output store.
+fn rows_kernel_fits(kv_len: usize, d: usize) -> bool {
+    let dims = if d.is_multiple_of(4) { d / 4 } else { d };
+    kv_len * (2 * dims + 1) + 2 * dims <= ROWS_LOOP_BUDGET
+}
+
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -78,8 +92,9 @@ pub(crate) fn attention(
         scale: opts.scale,
         kv_shared: (k.shape()[0] == 1 && b > 1) as u32,
     };
-    // one workgroup per query row, or on a software adapter one invocation per query row
-    let software = ctx.summary().software;
+    // one workgroup per query row, or on a software adapter one invocation per query row while
+    // its loops stay within llvmpipe's budget (see ROWS_LOOP_BUDGET)
+    let software = ctx.summary().software && rows_kernel_fits(kv_len, d);
     let (entry, rows_wg) = if software {
         ("attention_rows", WG as usize)
     } else {

@@ -137,7 +137,18 @@ fn attention(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id
 // ---- attention_rows: one invocation per (query row gid.x, head wid.y, batch wid.z), without
 // workgroup memory or barriers, for software adapters (SwiftShader, lavapipe; see
 // GpuOptions::software): the keys one at a time with the same online softmax, the query and the
-// output accumulator held by the invocation. ----
+// output accumulator held by the invocation, 4 dims at a time when head_dim is a multiple of 4.
+// llvmpipe (lavapipe) ends every loop of an invocation once 65535 iterations were taken in all, so
+// the host only picks this kernel while kv_len · (iterations per key) stays below that
+// (`attention.rs`). ----
+
+fn k4(i: u32) -> vec4<f32> {
+    return vec4<f32>(k[i], k[i + 1u], k[i + 2u], k[i + 3u]);
+}
+
+fn v4(i: u32) -> vec4<f32> {
+    return vec4<f32>(v[i], v[i + 1u], v[i + 2u], v[i + 3u]);
+}
 
 @compute @workgroup_size(WG_X)
 fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -153,45 +164,78 @@ fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgr
     let kv_b = select(b, 0u, p.kv_shared == 1u);
     let kv_off = (kv_b * p.kv_heads + hk) * p.cap * d;
     let mask_off = b * p.mask_b_stride + i * p.mask_cols;
-
-    var qv: array<f32, MAX_D>;
-    var acc: array<f32, MAX_D>;
-    for (var j = 0u; j < d; j++) {
-        qv[j] = q[q_off + j] * p.scale;
-        acc[j] = 0.0;
-    }
     var n_keys = p.kv_len;
     if (p.causal != 0u) {
         n_keys = p.kv_len - p.tq + i + 1u;
     }
     var m = NEG;
     var l = 0.0;
+
+    if (d % 4u == 0u) {
+        let d4 = d / 4u;
+        var qv: array<vec4<f32>, 64>;
+        var acc: array<vec4<f32>, 64>;
+        for (var j = 0u; j < d4; j++) {
+            qv[j] = vec4<f32>(q[q_off + 4u * j], q[q_off + 4u * j + 1u], q[q_off + 4u * j + 2u], q[q_off + 4u * j + 3u]) * p.scale;
+            acc[j] = vec4<f32>(0.0);
+        }
+        for (var key = 0u; key < n_keys; key++) {
+            let kr = kv_off + key * d;
+            var s = 0.0;
+            for (var j = 0u; j < d4; j++) {
+                s += dot(qv[j], k4(kr + 4u * j));
+            }
+            if (p.has_mask != 0u) {
+                s += mask[mask_off + key];
+            }
+            s = max(s, NEG);
+            let m_new = max(m, s);
+            let alpha = exp(m - m_new);
+            let e = exp(s - m_new);
+            m = m_new;
+            l = l * alpha + e;
+            for (var j = 0u; j < d4; j++) {
+                acc[j] = fma(vec4<f32>(e), v4(kr + 4u * j), acc[j] * alpha);
+            }
+        }
+        let inv = select(0.0, 1.0 / l, l > 0.0);
+        for (var j = 0u; j < d4; j++) {
+            let o = acc[j] * inv;
+            out[q_off + 4u * j] = o.x;
+            out[q_off + 4u * j + 1u] = o.y;
+            out[q_off + 4u * j + 2u] = o.z;
+            out[q_off + 4u * j + 3u] = o.w;
+        }
+        return;
+    }
+
+    var qs: array<f32, MAX_D>;
+    var accs: array<f32, MAX_D>;
+    for (var j = 0u; j < d; j++) {
+        qs[j] = q[q_off + j] * p.scale;
+        accs[j] = 0.0;
+    }
     for (var key = 0u; key < n_keys; key++) {
         let kr = kv_off + key * d;
         var s = 0.0;
         for (var j = 0u; j < d; j++) {
-            s = fma(qv[j], k[kr + j], s);
+            s = fma(qs[j], k[kr + j], s);
         }
         if (p.has_mask != 0u) {
             s += mask[mask_off + key];
         }
         s = max(s, NEG);
-        if (s > m) {
-            let alpha = exp(m - s);
-            l *= alpha;
-            for (var j = 0u; j < d; j++) {
-                acc[j] *= alpha;
-            }
-            m = s;
-        }
-        let e = exp(s - m);
-        l += e;
+        let m_new = max(m, s);
+        let alpha = exp(m - m_new);
+        let e = exp(s - m_new);
+        m = m_new;
+        l = l * alpha + e;
         for (var j = 0u; j < d; j++) {
-            acc[j] = fma(e, v[kr + j], acc[j]);
+            accs[j] = fma(e, v[kr + j], accs[j] * alpha);
         }
     }
     let inv = select(0.0, 1.0 / l, l > 0.0);
     for (var j = 0u; j < d; j++) {
-        out[q_off + j] = acc[j] * inv;
+        out[q_off + j] = accs[j] * inv;
     }
 }
