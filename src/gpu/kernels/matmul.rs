@@ -19,7 +19,7 @@ const GEMV_WG: u32 = 256;
 const GEMV_ROWS: usize = 8;
 /// gemv_rows (software adapters): one output per invocation, 64 per workgroup.
 const GEMV_ROWS_WG: u32 = 64;
-/// matmul_rows (software adapters): 4×4 outputs per invocation, 16×4 invocations per workgroup.
+/// matmul_rows (software adapters): 8 rows × 4 columns of outputs per invocation, 16×4 invocations per workgroup.
 const GEMM_ROWS_WG: [u32; 2] = [16, 4];
 
 /// The GEMM's entry point and workload for M×N outputs per batch: the tiled `matmul`, or on a
@@ -31,7 +31,7 @@ fn gemm(software: bool, m: usize, n: usize, batch: u32) -> Result<(&'static str,
         (
             "matmul_rows",
             GEMM_ROWS_WG,
-            [4 * x as usize, 4 * y as usize],
+            [4 * x as usize, 8 * y as usize],
         )
     } else {
         ("matmul", GEMM_WG, [GEMM_TILE, GEMM_TILE])
