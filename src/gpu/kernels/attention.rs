@@ -94,8 +94,8 @@ pub(crate) fn attention(
     };
     // one workgroup per query row, or on a software adapter one invocation per query row while
     // its loops stay within llvmpipe's budget (see ROWS_LOOP_BUDGET)
-    let software = ctx.summary().software && rows_kernel_fits(kv_len, d);
-    let (entry, rows_wg) = if software {
+    let rows = ctx.summary().software && rows_kernel_fits(kv_len, d);
+    let (entry, rows_wg) = if rows {
         ("attention_rows", WG as usize)
     } else {
         ("attention", 1)

@@ -150,6 +150,22 @@ fn v4(i: u32) -> vec4<f32> {
     return vec4<f32>(v[i], v[i + 1u], v[i + 2u], v[i + 3u]);
 }
 
+// One key of the online softmax: the score (plus its mask entry) updates the running max m and
+// sum l; returns (alpha, e): the accumulator becomes acc · alpha + e · v[key].
+fn online_step(score: f32, mask_i: u32, m: ptr<function, f32>, l: ptr<function, f32>) -> vec2<f32> {
+    var s = score;
+    if (p.has_mask != 0u) {
+        s += mask[mask_i];
+    }
+    s = max(s, NEG);
+    let m_new = max(*m, s);
+    let alpha = exp(*m - m_new);
+    let e = exp(s - m_new);
+    *m = m_new;
+    *l = *l * alpha + e;
+    return vec2<f32>(alpha, e);
+}
+
 @compute @workgroup_size(WG_X)
 fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let i = gid.x;
@@ -185,17 +201,9 @@ fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgr
             for (var j = 0u; j < d4; j++) {
                 s += dot(qv[j], k4(kr + 4u * j));
             }
-            if (p.has_mask != 0u) {
-                s += mask[mask_off + key];
-            }
-            s = max(s, NEG);
-            let m_new = max(m, s);
-            let alpha = exp(m - m_new);
-            let e = exp(s - m_new);
-            m = m_new;
-            l = l * alpha + e;
+            let w = online_step(s, mask_off + key, &m, &l);
             for (var j = 0u; j < d4; j++) {
-                acc[j] = fma(vec4<f32>(e), v4(kr + 4u * j), acc[j] * alpha);
+                acc[j] = fma(vec4<f32>(w.y), v4(kr + 4u * j), acc[j] * w.x);
             }
         }
         let inv = select(0.0, 1.0 / l, l > 0.0);
@@ -221,17 +229,9 @@ fn attention_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgr
         for (var j = 0u; j < d; j++) {
             s = fma(qs[j], k[kr + j], s);
         }
-        if (p.has_mask != 0u) {
-            s += mask[mask_off + key];
-        }
-        s = max(s, NEG);
-        let m_new = max(m, s);
-        let alpha = exp(m - m_new);
-        let e = exp(s - m_new);
-        m = m_new;
-        l = l * alpha + e;
+        let w = online_step(s, mask_off + key, &m, &l);
         for (var j = 0u; j < d; j++) {
-            accs[j] = fma(e, v[kr + j], accs[j] * alpha);
+            accs[j] = fma(w.y, v[kr + j], accs[j] * w.x);
         }
     }
     let inv = select(0.0, 1.0 / l, l > 0.0);

@@ -95,6 +95,16 @@ fn i8_of(w: u32, j: u32) -> f32 {
     return f32(bitcast<i32>(w << (24u - 8u * j)) >> 24u);
 }
 
+// The four signed bytes of a q8_0 word, unscaled.
+fn q8_word(w: u32) -> vec4<f32> {
+    return vec4<f32>(i8_of(w, 0u), i8_of(w, 1u), i8_of(w, 2u), i8_of(w, 3u));
+}
+
+// The low nibbles of a q4_0 word's four bytes, unscaled (`w >> 4` gives the high ones).
+fn q4_low(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w, w >> 8u, w >> 16u, w >> 24u) & vec4<u32>(0xfu)) - 8.0;
+}
+
 fn block_scale(blk: u32) -> f32 {
     return bitcast<f32>(b[p.scale_offset + blk]);
 }
@@ -264,7 +274,7 @@ fn gemv(
             let base = n * nw;
             for (var wi = lane; wi < nw; wi += lanes) {
                 let word = b[base + wi];
-                let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+                let q = q8_word(word);
                 sum += block_scale(n * nb + wi / 8u) * dot(q, a4(x0 + wi * 4u));
             }
         } else if (WDTYPE == 3u) {
@@ -273,8 +283,8 @@ fn gemv(
             for (var wi = lane; wi < nw; wi += lanes) {
                 let word = b[base + wi];
                 let k = (wi / 4u) * BK + (wi % 4u) * 4u;
-                let lo = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
-                let hi = vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(0xfu)) - 8.0;
+                let lo = q4_low(word);
+                let hi = q4_low(word >> 4u);
                 sum += block_scale(n * nb + wi / 4u) * (dot(lo, a4(x0 + k)) + dot(hi, a4(x0 + k + 16u)));
             }
         } else {
@@ -323,7 +333,7 @@ fn gemv_rows(
             for (var j = 0u; j < 8u; j++) {
                 let wi = blk * 8u + j;
                 let word = b[base + wi];
-                let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+                let q = q8_word(word);
                 s += dot(q, a4(x0 + wi * 4u));
             }
             sum += block_scale(n * nb + blk) * s;
@@ -335,8 +345,8 @@ fn gemv_rows(
             for (var j = 0u; j < 4u; j++) {
                 let word = b[base + blk * 4u + j];
                 let k = blk * BK + j * 4u;
-                let lo = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
-                let hi = vec4<f32>(vec4<u32>(word >> 4u, word >> 12u, word >> 20u, word >> 28u) & vec4<u32>(0xfu)) - 8.0;
+                let lo = q4_low(word);
+                let hi = q4_low(word >> 4u);
                 s += dot(lo, a4(x0 + k)) + dot(hi, a4(x0 + k + 16u));
             }
             sum += block_scale(n * nb + blk) * s;
@@ -368,14 +378,14 @@ fn b4(b_base: u32, n: u32, k: u32) -> vec4<f32> {
     if (WDTYPE == 2u) {
         let blk = n * (p.k / BK) + k / BK;
         let word = b[blk * 8u + (k % BK) / 4u];
-        let q = vec4<f32>(i8_of(word, 0u), i8_of(word, 1u), i8_of(word, 2u), i8_of(word, 3u));
+        let q = q8_word(word);
         return q * block_scale(blk);
     }
     if (WDTYPE == 3u) {
         let blk = n * (p.k / BK) + k / BK;
         let o = k % BK;
         let word = b[blk * 4u + (o % 16u) / 4u] >> select(0u, 4u, o >= 16u);
-        let q = vec4<f32>(vec4<u32>(word, word >> 8u, word >> 16u, word >> 24u) & vec4<u32>(0xfu)) - 8.0;
+        let q = q4_low(word);
         return q * block_scale(blk);
     }
     if (B_TRANS) {

@@ -38,42 +38,30 @@ struct NormParams {
     _pad: [u32; 3],
 }
 
-/// One workgroup per row; rows past 65535 continue along y.
-fn rows_workload(op: &'static str, x: &Tensor) -> Result<(RowParams, Workload)> {
+/// The rows of `x` spread over workgroups of `size` invocations, `per_group` rows each: one row
+/// per workgroup (`per_group` = 1, the reduction kernels) or one per invocation (`per_group` =
+/// `size`, the `_rows` kernels of software adapters). `groups_x` is the number of rows along x;
+/// rows past it continue along y.
+fn rows_workload(
+    op: &'static str,
+    x: &Tensor,
+    size: u32,
+    per_group: usize,
+) -> Result<(RowParams, Workload)> {
     let cols = x.dim(-1);
     let rows = x.numel() / cols.max(1);
-    let x_groups = rows.clamp(1, 65535);
+    let x_groups = rows.div_ceil(per_group).clamp(1, 65535);
     let params = RowParams {
         rows: u32_of(op, "rows", rows)?,
         cols: u32_of(op, "cols", cols)?,
-        groups_x: x_groups as u32,
+        groups_x: (x_groups * per_group) as u32,
         _pad: 0,
     };
     let workload = Workload {
-        workgroup_size: [WG, 1],
-        workgroup_count: [x_groups as u32, rows.div_ceil(x_groups).max(1) as u32, 1],
-    };
-    Ok((params, workload))
-}
-
-/// One invocation per row (the `_rows` kernels of software adapters): `groups_x` is the number
-/// of rows along x (invocations, a multiple of the workgroup size); rows past it continue along y.
-fn invocation_rows_workload(op: &'static str, x: &Tensor) -> Result<(RowParams, Workload)> {
-    let cols = x.dim(-1);
-    let rows = x.numel() / cols.max(1);
-    let wg = ROWS_WG as usize;
-    let x_groups = rows.div_ceil(wg).clamp(1, 65535);
-    let params = RowParams {
-        rows: u32_of(op, "rows", rows)?,
-        cols: u32_of(op, "cols", cols)?,
-        groups_x: (x_groups * wg) as u32,
-        _pad: 0,
-    };
-    let workload = Workload {
-        workgroup_size: [ROWS_WG, 1],
+        workgroup_size: [size, 1],
         workgroup_count: [
             x_groups as u32,
-            rows.div_ceil(x_groups * wg).max(1) as u32,
+            rows.div_ceil(x_groups * per_group).max(1) as u32,
             1,
         ],
     };
@@ -82,7 +70,7 @@ fn invocation_rows_workload(op: &'static str, x: &Tensor) -> Result<(RowParams, 
 
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
-    let (params, workload) = rows_workload("softmax", x)?;
+    let (params, workload) = rows_workload("softmax", x, WG, 1)?;
     let out = output(ctx, "softmax", x.shape(), DType::F32)?;
     launch(
         ctx,
@@ -107,9 +95,9 @@ pub(crate) fn layer_norm(
     let (ctx, xbuf) = parts(x)?;
     let software = ctx.summary().software;
     let (row, workload) = if software {
-        invocation_rows_workload("layer_norm", x)?
+        rows_workload("layer_norm", x, ROWS_WG, ROWS_WG as usize)?
     } else {
-        rows_workload("layer_norm", x)?
+        rows_workload("layer_norm", x, WG, 1)?
     };
     let out = output(ctx, "layer_norm", x.shape(), DType::F32)?;
     let dummy = placeholder(ctx)?;
@@ -149,7 +137,7 @@ pub(crate) fn layer_norm(
 
 pub(crate) fn argmax(x: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
     let (ctx, xbuf) = parts(x)?;
-    let (params, workload) = rows_workload("argmax", x)?;
+    let (params, workload) = rows_workload("argmax", x, WG, 1)?;
     let rows = params.rows as usize;
     let out = output(ctx, "argmax", out_shape, DType::U32)?;
     launch(
