@@ -23,8 +23,10 @@
 // ready; glimpse does not store, and transformers.js's browser cache is off), one warm-up request
 // each, then --runs rounds of one request per runtime, interleaved (median reported), the generated ids of both runtimes (they must agree in f32; q8 quantizes differently
 // in each runtime) and CLIP's best label. Prints a table; --json writes the rows.
-// transformers.js runs with its default threading: onnxruntime-web takes min(4, cores / 2) threads
-// when the page is cross-origin isolated (one here, 2 cores) — the header of the table says which.
+// The pages are cross-origin isolated, as `glimpse serve` sends them (--isolated 0: not): each
+// runtime runs with its default threading there — glimpse's threaded build takes every core (at
+// most 8), onnxruntime-web min(4, cores / 2) threads (one here, 2 cores); not isolated, both
+// run one thread. The header of the table says which.
 //
 // Needs: pkg/ (scripts/build-web.sh), the CLI (cargo build --release --bin glimpse), and once:
 //   (cd bench/compare && ONNXRUNTIME_NODE_INSTALL=skip npm install)
@@ -48,6 +50,8 @@ const GPU_LAYERS = Number(arg('gpu-layers', '2'));
 // a smoke test of the script itself: cut the CPU paths too (not for the table)
 const CPU_LAYERS = Number(arg('cpu-layers', '0'));
 const JSON_OUT = arg('json', null);
+const ISOLATED = arg('isolated', '1') !== '0';
+const ISOLATION_HEADERS = ISOLATED ? { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' } : {};
 // another build of glimpse's page to time (a folder under the repo with www/ and pkg/, e.g. a
 // copy of an earlier commit's): before/after comparisons in the same conditions
 const GLIMPSE_ROOT = arg('glimpse-root', '');
@@ -90,7 +94,7 @@ async function openRuntime(context, base, runtime, m, path, png) {
   page.setDefaultTimeout(3_600_000);
   page.on('console', (msg) => { if (msg.type() === 'error') process.stderr.write(`  [page] ${msg.text()}\n`); });
   const blank = `${base}/__glimpse_compare_blank__`;
-  await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>compare</title>' }));
+  await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', headers: ISOLATION_HEADERS, body: '<!doctype html><title>compare</title>' }));
   await page.goto(blank);
   const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], png: [...png], labels: LABELS, task: m.task };
   if (runtime === 'glimpse' || runtime === 'before') {
@@ -115,7 +119,7 @@ async function openRuntime(context, base, runtime, m, path, png) {
         await model.forget(img);
         return { ms, out };
       };
-      return { loadMs, backend: model.backend.device, isolated: self.crossOriginIsolated, threads: null };
+      return { loadMs, backend: model.backend.device, isolated: self.crossOriginIsolated, threads: model.backend.threads?.count ?? 1 };
     }, { id: m.id, catalog: m.catalogUrl, ...opts, root: root ? `/${root.replace(/^\/+|\/+$/g, '')}` : '' });
     return { page, ...info };
   }
@@ -243,7 +247,7 @@ async function main() {
         rows.push({ model, path, label: PATH[path].label, layers: layers ?? 'full', adapter,
           glimpseMs: g, tjsMs: t, ratio: g / t, glimpseLoadMs: res.glimpse.loadMs, tjsLoadMs: res.tjs.loadMs,
           glimpseTimes: res.glimpse.times, tjsTimes: res.tjs.times, agreement: agree(res.glimpse.out, res.tjs.out),
-          glimpseOut: res.glimpse.out, tjsOut: res.tjs.out, tjsThreads: res.tjs.threads, isolated: res.tjs.isolated });
+          glimpseOut: res.glimpse.out, tjsOut: res.tjs.out, tjsThreads: res.tjs.threads, glimpseThreads: res.glimpse.threads, isolated: res.tjs.isolated });
       }
     }
   } finally {
@@ -253,7 +257,7 @@ async function main() {
   }
   const r0 = rows[0];
   console.log(`glimpse vs transformers.js 4.3.2 — ${new Date().toISOString().slice(0, 10)}, headless Chromium, WebGPU adapter: ${r0?.adapter}; ` +
-    `cross-origin isolated: ${r0?.isolated}, onnxruntime-web threads: ${r0?.tjsThreads ?? 'default'}; median of ${RUNS} after a warm-up`);
+    `cross-origin isolated: ${r0?.isolated}, glimpse CPU threads: ${r0?.glimpseThreads ?? '?'}, onnxruntime-web threads: ${r0?.tjsThreads ?? 'default'}; median of ${RUNS} after a warm-up`);
   const lines = ['| model | path | depth | glimpse ms | transformers.js ms | ratio | glimpse load s | transformers.js load s | outputs |', '|---|---|---|---:|---:|---:|---:|---:|---|'];
   for (const r of rows) {
     lines.push(`| ${r.model} | ${r.label} | ${r.layers === 'full' ? 'full' : `${r.layers} layers/tower`} | ${r.glimpseMs.toFixed(0)} | ${r.tjsMs.toFixed(0)} | ${r.ratio.toFixed(2)} | ${(r.glimpseLoadMs / 1000).toFixed(1)} | ${(r.tjsLoadMs / 1000).toFixed(1)} | ${r.agreement} |`);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what glimpse needs on a fresh Debian machine; skips whatever is already there.
-#   scripts/setup.sh web    the wasm target and wasm-bindgen-cli (enough to build and serve the page)
+#   scripts/setup.sh web    the wasm target, nightly's rust-src (the threaded build) and
+#                           wasm-bindgen-cli (enough to build and serve the page)
 #   scripts/setup.sh test   also lavapipe (Vulkan on the CPU), Chromium and playwright-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,18 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   echo "setup: rustup target add wasm32-unknown-unknown"
   rustup target add wasm32-unknown-unknown
+fi
+
+# the threaded wasm build (scripts/build-web.sh, pkg/threads/) rebuilds the standard library
+# with atomics: the nightly toolchain and its rust-src (GLIMPSE_THREADS=0 skips both)
+if [ "${GLIMPSE_THREADS:-1}" != 0 ]; then
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "setup: rustup toolchain install nightly (minimal, with rust-src)"
+    rustup toolchain install nightly --profile minimal --component rust-src
+  elif ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    echo "setup: rustup component add rust-src --toolchain nightly"
+    rustup component add rust-src --toolchain nightly
+  fi
 fi
 
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then

@@ -95,6 +95,8 @@ function showBackend(b) {
     if (a.description || a.device) addRow(dl, 'adapter', a.description || a.device);
     if (a.fallback) addRow(dl, 'fallback adapter', 'yes (software)');
   }
+  const t = b.threads;
+  if (t) addRow(dl, 'CPU threads', t.count > 1 ? `${t.count} (threaded build)` : `1${t.reason ? ` — ${t.reason}` : ''}`);
   const l = b.limits;
   if (l) {
     addRow(dl, 'shader-f16', l.shader_f16 ? 'yes' : 'no');
@@ -716,7 +718,7 @@ async function main() {
   const catalogReady = fillCatalog().catch((e) => show($('model-error'), `The model catalog could not be read: ${messageOf(e)}`));
   let backend;
   try {
-    backend = await client.init(device, { selfcheck: params.get('selfcheck') ?? 'cached' });
+    backend = await client.init(device, { selfcheck: params.get('selfcheck') ?? 'cached', threads: params.get('threads') ?? 'auto' });
   } catch (e) {
     $('backend').textContent = `glimpse could not start: ${messageOf(e)}`;
     $('selfcheck-status').dataset.state = 'error';

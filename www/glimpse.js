@@ -46,6 +46,13 @@ class Client {
     this.models = new Set(); // live Model objects, reloaded after a restart
     this.restarting = null; // a promise while a new worker is being set up
     this.restarts = 0;
+    // a pool thread of the threaded CPU build that traps cannot reach its (blocked) worker: it
+    // says so here instead (www/thread.js), and the worker is replaced as after any trap
+    this.trapChannel = `glimpse-trap-${Math.random().toString(36).slice(2)}-${Date.now()}`;
+    if (typeof BroadcastChannel === 'function') {
+      this.traps = new BroadcastChannel(this.trapChannel);
+      this.traps.onmessage = (ev) => this.restart(ev.data?.reason ?? 'a CPU pool thread trapped');
+    }
     this.spawn();
   }
 
@@ -130,7 +137,7 @@ class Client {
     this.pending.clear();
     this.spawn();
     this.restarting = (async () => {
-      const backend = await this.post('init', { device: this.device ?? 'auto', selfcheck: this.selfcheck ?? 'cached' });
+      const backend = await this.post('init', { device: this.device ?? 'auto', selfcheck: this.selfcheck ?? 'cached', threads: this.threads ?? 'auto', trapChannel: this.trapChannel });
       this.backend = Promise.resolve(backend);
       for (const model of this.models) {
         try {
@@ -158,13 +165,15 @@ class Client {
   }
 
   /** Opens the engine once: `device` 'auto' | 'webgpu' | 'cpu'; `selfcheck` 'cached' (a passing
-   * kernel self-test is kept per adapter and build) or 'always'. */
-  async init(device, { selfcheck = 'cached' } = {}) {
+   * kernel self-test is kept per adapter and build) or 'always'; `threads` for the CPU path
+   * ('auto', or a number; 1 = the single-thread build; more needs a cross-origin isolated page). */
+  async init(device, { selfcheck = 'cached', threads = 'auto' } = {}) {
     if (!this.backend) {
       this.device = device;
       this.selfcheck = selfcheck;
+      this.threads = threads;
       // a failed init is not kept: the next call tries again
-      this.backend = this.request('init', { device, selfcheck }).catch((e) => {
+      this.backend = this.request('init', { device, selfcheck, threads, trapChannel: this.trapChannel }).catch((e) => {
         this.backend = null;
         throw e;
       });
@@ -203,7 +212,8 @@ function source(model, opts) {
 
 /**
  * Loads a model in the worker. Options: device ('auto' | 'webgpu' | 'cpu'; auto = WebGPU after a
- * kernel self-test, else CPU), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
+ * kernel self-test, else CPU), threads (the CPU path's: 'auto' = every core, at most 8, where the
+ * page is cross-origin isolated; 1 = one; the first load's choice holds for the page), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
  * total, stored}), catalog (URL of a catalog.json), store (default true: keep a catalog or URL
  * model in this browser as one GGUF file in the dtype asked, so the next load reads it with no
  * download, also offline). The weights stream straight to the device as they arrive; the model
@@ -213,7 +223,7 @@ function source(model, opts) {
  */
 export async function load(model = DEFAULT_MODEL, opts = {}) {
   const client = worker();
-  const backend = await client.init(opts.device ?? 'auto');
+  const backend = await client.init(opts.device ?? 'auto', { threads: opts.threads ?? 'auto' });
   const loadRequest = {
     source: source(model, opts),
     dtype: opts.dtype ?? 'f32',

@@ -9,11 +9,14 @@
 // offline. So the default model is downloaded once, by the one component that uses it.
 // Nothing here contacts another origin.
 
-const VERSION = 'glimpse-v2';
+const VERSION = 'glimpse-v3';
 const SHELL = 'shell-' + VERSION;
 const HERE = new URL('./', self.location.href);
-const SHELL_FILES = ['./', 'index.html', 'app.js', 'engine.js', 'glimpse.js', 'worker.js', 'store.js', 'widget.js',
+const SHELL_FILES = ['./', 'index.html', 'app.js', 'engine.js', 'glimpse.js', 'worker.js', 'thread.js', 'store.js', 'widget.js',
   'style.css', '../pkg/glimpse.js', '../pkg/glimpse_bg.wasm', '../models/catalog.json'].map((p) => new URL(p, HERE).href);
+// the threaded build, where one was built: kept when present, its absence is no install failure
+const OPTIONAL_FILES = ['../pkg/threads/glimpse.js', '../pkg/threads/glimpse_bg.wasm'].map((p) => new URL(p, HERE).href);
+const CACHED = new Set([...SHELL_FILES, ...OPTIONAL_FILES]);
 
 let storageError = null; // what went wrong storing the shell, for the page
 
@@ -32,6 +35,7 @@ self.addEventListener('install', (event) => {
     const shell = await caches.open(SHELL);
     try {
       await shell.addAll(SHELL_FILES);
+      await Promise.all(OPTIONAL_FILES.map((f) => shell.add(f).catch(() => {})));
     } catch (e) {
       // without the shell nothing works offline: the install fails, and the page is told why
       await caches.delete(SHELL).catch(() => {});
@@ -61,7 +65,7 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(req.url);
   if (req.method !== 'GET' || url.origin !== self.location.origin) return;
   // ranges (a checkpoint's directory) and model files pass straight through
-  if (req.headers.has('range') || !SHELL_FILES.includes(url.origin + url.pathname)) return;
+  if (req.headers.has('range') || !CACHED.has(url.origin + url.pathname)) return;
   event.respondWith((async () => {
     try {
       const res = await fetch(req);

@@ -34,12 +34,63 @@
 // every model from its source and re-encodes the prepared images, keeping their handles; the
 // request that hit the loss fails with a message that says so, and the next one runs.
 
-import init, * as wasm from '../pkg/glimpse.js';
+// The wasm package: the threaded build (pkg/threads/: the CPU path's matmuls split over a pool of
+// Web Workers, www/thread.js, on one shared memory) where this page is cross-origin isolated —
+// SharedArrayBuffer needs it; `glimpse serve` sends the COOP/COEP headers — and the single-thread
+// build (pkg/) otherwise, or when the threaded one is missing or will not start. `threads` (init's
+// option): 'auto' (navigator.hardwareConcurrency, at most 8) or a number; 1 takes the
+// single-thread build.
+let wasm = null;
+let pkgLoading = null;
+/** {count, build: 'threads' | 'single', reason}: what the CPU path runs on (the backend says it). */
+let threadInfo = null;
+
+const init = (opts = {}) => (pkgLoading ??= loadPackage(opts));
+
+async function loadPackage({ threads = 'auto', trapChannel = null }) {
+  const wanted = threads === 'auto' || threads == null
+    ? Math.min(Math.max(1, navigator.hardwareConcurrency || 1), 8)
+    : Math.max(1, Math.floor(Number(threads)) || 1);
+  let reason = null;
+  if (wanted < 2) {
+    reason = threads === 'auto' ? 'this device reports one core' : 'one thread was asked for';
+  } else if (!self.crossOriginIsolated || typeof SharedArrayBuffer !== 'function') {
+    reason = 'the page is not cross-origin isolated (no COOP/COEP headers), so it cannot share memory between threads';
+  } else {
+    try {
+      const url = new URL('../pkg/threads/glimpse.js', import.meta.url).href;
+      const m = await import(url);
+      await m.default();
+      await startPool(m, url, wanted, trapChannel);
+      wasm = m;
+      threadInfo = { count: wanted, build: 'threads', reason: null };
+      return;
+    } catch (e) {
+      reason = `the threaded build did not start (${messageOf(e)})`;
+    }
+  }
+  const m = await import('../pkg/glimpse.js');
+  await m.default();
+  wasm = m;
+  threadInfo = { count: 1, build: 'single', reason };
+}
+
+/** Starts `n` pool threads (www/thread.js) and builds the pool once all of them wait. */
+async function startPool(m, url, n, trapChannel) {
+  const [module, memory] = m.threadPoolHandles();
+  await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
+    const w = new Worker(new URL('./thread.js', import.meta.url), { type: 'module' });
+    w.onmessage = ({ data }) => (data?.ready ? resolve() : reject(new Error(data?.error ?? 'no answer')));
+    w.onerror = (ev) => reject(new Error(ev.message || 'www/thread.js failed to load'));
+    w.postMessage({ pkg: url, module, memory, trapChannel });
+  })));
+  m.threadPoolBuild(n);
+}
 import { describeAdapter, messageOf } from './engine.js';
 import * as store from './store.js';
 
 let engine = null; // wasm Engine
-let backend = null; // {device, reason, adapter, selfcheck}
+let backend = null; // {device, reason, adapter, selfcheck, threads}
 let requestedDevice = 'auto';
 const models = new Map(); // handle -> {model, info, source, dtype, images: Map<handle, {bytes, inner}>}
 /** Prepared images kept per model; the least recently used one is released past this. */
@@ -135,7 +186,7 @@ async function recover(reason) {
   try { engine?.free?.(); } catch { /* the old engine's device is gone */ }
   engine = null;
   const previous = backend;
-  backend = await openEngine(requestedDevice === 'cpu' ? 'cpu' : 'auto');
+  backend = { ...(await openEngine(requestedDevice === 'cpu' ? 'cpu' : 'auto')), threads: threadInfo };
   backend.recoveredFrom = reason;
   if (previous?.device === 'webgpu' && backend.device === 'cpu') backend.reason = `the WebGPU device was lost (${reason}) and could not be reopened; ${backend.reason}`;
   for (const [, rec] of models) {
@@ -563,13 +614,13 @@ async function generate(msg, run) {
 }
 
 const HANDLERS = {
-  async init({ device = 'auto', selfcheck = 'cached' }) {
-    await init();
+  async init({ device = 'auto', selfcheck = 'cached', threads = 'auto', trapChannel = null }) {
+    await init({ threads, trapChannel });
     if (engine && backend) return backend;
     requestedDevice = device;
     alwaysSelfcheck = selfcheck === 'always';
     try {
-      backend = await openEngine(device);
+      backend = { ...(await openEngine(device)), threads: threadInfo };
     } catch (e) {
       // nothing half-open stays behind: the next init tries again
       try { engine?.free?.(); } catch { /* never opened */ }
@@ -640,11 +691,17 @@ const HANDLERS = {
       jsHeapBytes: self.performance?.memory?.usedJSHeapSize ?? null,
       preparedImages: [...models.values()].reduce((n, m) => n + m.images.size, 0),
       models: models.size,
+      // the CPU path's pool as the wasm side sees it (0: the single-thread build)
+      poolThreads: wasm?.threadPoolSize?.() ?? 0,
     };
   },
 
   /** Panics inside wasm on purpose: tests use it to check trap recovery. */
-  async debugPanic({ message = 'a panic on purpose (debugPanic)', inAsync = false }) {
+  async debugPanic({ message = 'a panic on purpose (debugPanic)', inAsync = false, inPool = false }) {
+    if (inPool) {
+      if (!wasm.debugPanicPool || threadInfo?.build !== 'threads') throw fail('invalid', 'no CPU thread pool runs here');
+      wasm.debugPanicPool(message);
+    }
     if (inAsync) await wasm.debugPanicAsync(message);
     else wasm.debugPanic(message);
     return null;

@@ -180,6 +180,10 @@ enum Command {
         /// print every request to stderr
         #[arg(long)]
         log: bool,
+        /// leave out the COOP/COEP headers: the page is then not cross-origin isolated and runs
+        /// the single-thread CPU build, as on a host that does not send them
+        #[arg(long)]
+        no_isolation: bool,
     },
 }
 
@@ -783,7 +787,12 @@ fn run() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(ctx.summary())?);
             }
         }
-        Command::Serve { port, root, log } => serve::serve(&root, port, log)?,
+        Command::Serve {
+            port,
+            root,
+            log,
+            no_isolation,
+        } => serve::serve(&root, port, log, !no_isolation)?,
     }
     Ok(())
 }

@@ -7,6 +7,11 @@
 //! answered with 206 (the page reads a `pytorch_model.bin`'s directory first), and JSON and text
 //! files go out gzip-encoded when the browser accepts it (Content-Length is then the encoded
 //! size, not the file's). `--log` prints every request (the tests check what was fetched).
+//!
+//! Every response carries `Cross-Origin-Opener-Policy: same-origin` and
+//! `Cross-Origin-Embedder-Policy: require-corp`: the page is then cross-origin isolated, which
+//! SharedArrayBuffer and so the threaded CPU build (pkg/threads/) need. `--no-isolation` leaves
+//! them out (the page then runs the single-thread build, as on a host without these headers).
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +19,19 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
 
-pub fn serve(root: &Path, port: u16, log: bool) -> anyhow::Result<()> {
+/// The headers that make a page cross-origin isolated, placed before a head's closing blank line.
+const ISOLATION: &str =
+    "Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n";
+
+/// `head` (a status line and headers ending in a blank line) with [`ISOLATION`] when `isolate`.
+fn with_isolation(head: &str, isolate: bool) -> String {
+    match head.strip_suffix("\r\n") {
+        Some(rest) if isolate => format!("{rest}{ISOLATION}\r\n"),
+        _ => head.to_string(),
+    }
+}
+
+pub fn serve(root: &Path, port: u16, log: bool, isolate: bool) -> anyhow::Result<()> {
     let root = root
         .canonicalize()
         .with_context(|| format!("serving {}", root.display()))?;
@@ -32,7 +49,7 @@ pub fn serve(root: &Path, port: u16, log: bool) -> anyhow::Result<()> {
         let Ok(stream) = stream else { continue };
         let root = root.clone();
         std::thread::spawn(move || {
-            if let Err(e) = handle(stream, &root, log) {
+            if let Err(e) = handle(stream, &root, log, isolate) {
                 eprintln!("request failed: {e}");
             }
         });
@@ -98,7 +115,7 @@ fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     (start < end && start < len).then_some((start, end))
 }
 
-fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> {
+fn handle(mut stream: TcpStream, root: &Path, log: bool, isolate: bool) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -133,11 +150,12 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
             "text/plain",
             b"GET or HEAD only\n",
             false,
+            isolate,
         );
     }
     if target == "/" {
         let head = "HTTP/1.1 302 Found\r\nLocation: /www/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        return stream.write_all(head.as_bytes());
+        return stream.write_all(with_isolation(head, isolate).as_bytes());
     }
     let Some(path) = resolve(root, target).filter(|p| p.is_file()) else {
         return respond(
@@ -146,6 +164,7 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
             "text/plain",
             b"not found\n",
             head_only,
+            isolate,
         );
     };
     let Ok(mut file) = std::fs::File::open(&path) else {
@@ -155,6 +174,7 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
             "text/plain",
             b"cannot read file\n",
             false,
+            isolate,
         );
     };
     let len = file.metadata()?.len();
@@ -164,14 +184,14 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
             let head = format!(
                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
-            return stream.write_all(head.as_bytes());
+            return stream.write_all(with_isolation(&head, isolate).as_bytes());
         };
         let head = format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nAccept-Ranges: bytes\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
             end - start,
             end - 1
         );
-        stream.write_all(head.as_bytes())?;
+        stream.write_all(with_isolation(&head, isolate).as_bytes())?;
         if !head_only {
             file.seek(SeekFrom::Start(start))?;
             std::io::copy(&mut (&mut file).take(end - start), &mut stream)?;
@@ -190,7 +210,7 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
             "HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
             gz.len()
         );
-        stream.write_all(head.as_bytes())?;
+        stream.write_all(with_isolation(&head, isolate).as_bytes())?;
         if !head_only {
             stream.write_all(&gz)?;
         }
@@ -199,7 +219,7 @@ fn handle(mut stream: TcpStream, root: &Path, log: bool) -> std::io::Result<()> 
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {mime}\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(head.as_bytes())?;
+    stream.write_all(with_isolation(&head, isolate).as_bytes())?;
     if !head_only {
         std::io::copy(&mut file, &mut stream)?;
     }
@@ -212,12 +232,13 @@ fn respond(
     mime: &str,
     body: &[u8],
     head_only: bool,
+    isolate: bool,
 ) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {mime}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
+    stream.write_all(with_isolation(&head, isolate).as_bytes())?;
     if !head_only {
         stream.write_all(body)?;
     }

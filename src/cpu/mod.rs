@@ -2,6 +2,14 @@
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply their quants
 //! by 16-bit activation blocks in integers for a few rows, or are dequantized a slab at a time
 //! for an f32 matmul (`quantized_linear`, `tensor::quant`).
+//!
+//! Threads: natively candle's GEMM already uses every core. In wasm, candle sees one thread; the
+//! threaded build (pkg/threads/, wasm32 with +atomics, picked by the page when it is
+//! cross-origin isolated) starts a rayon pool of Web Workers (`web::threads`), and then the
+//! Linears run gemm with rayon parallelism ([`gemm_f32`]) and the quantized decode step splits its
+//! weight rows over the pool (`tensor::quant::gemv`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType as CDType, Tensor as CT, D};
 
@@ -28,6 +36,90 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, b_t: bool, out_shape: &[usize]) -> 
     Tensor::from_candle(out.reshape(out_shape)?)
 }
 
+/// Threads in the pool the CPU path splits its matmuls over; 0 = none (every native build, and
+/// wasm until `web::threads` has built its pool). Never the global rayon pool's size: asking rayon
+/// for it before the pool exists would start its default pool, which wasm cannot spawn.
+static POOL_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Called once the pool of `n` threads is built (`web::threads`).
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub(crate) fn set_pool_threads(n: usize) {
+    POOL_THREADS.store(n, Ordering::Release);
+}
+
+/// Threads of the CPU path's pool, 0 when it runs on the calling thread alone.
+pub fn pool_threads() -> usize {
+    POOL_THREADS.load(Ordering::Acquire)
+}
+
+/// `x [M, K] · w [N, K]ᵀ` (both contiguous f32) with gemm's rayon parallelism over the pool —
+/// the same GEMM candle calls, which in wasm never gets more than one thread.
+fn gemm_f32(x: &CT, w: &CT) -> Result<CT> {
+    let (m, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let mut y = vec![0f32; m * n];
+    {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
+            return Err(crate::Error::shape(
+                "linear",
+                "a CPU tensor is not in CPU memory",
+            ));
+        };
+        let (Some((x0, x1)), Some((w0, w1))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+        else {
+            return Err(crate::Error::shape("linear", "operands are not contiguous"));
+        };
+        let (xs, ws) = (
+            &xs.as_slice::<f32>()?[x0..x1],
+            &ws.as_slice::<f32>()?[w0..w1],
+        );
+        if xs.len() != m * k || ws.len() != n * k {
+            return Err(crate::Error::shape(
+                "linear",
+                "operand sizes disagree with their shapes",
+            ));
+        }
+        // SAFETY: y is [m, n] row-major, x [m, k] row-major, and w [n, k] row-major read as the
+        // [k, n] matrix wᵀ (row stride 1, column stride k); the lengths were checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                xs.as_ptr(),
+                1,
+                k as isize,
+                ws.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(pool_threads()),
+            );
+        }
+    }
+    Ok(CT::from_vec(y, (m, n), &candle_core::Device::Cpu)?)
+}
+
+/// `x [M, K] · w [N, K]ᵀ` for f32 operands: candle's matmul, or [`gemm_f32`] when a pool exists.
+fn matmul_nt(x: &CT, w: &CT) -> Result<CT> {
+    if pool_threads() > 1 {
+        gemm_f32(x, w)
+    } else {
+        Ok(x.matmul(&w.t()?)?)
+    }
+}
+
 pub(crate) fn linear(
     x: &Tensor,
     w: &Tensor,
@@ -39,7 +131,7 @@ pub(crate) fn linear(
     let x2 = cx.reshape(((), k))?;
     let y = match w.storage() {
         Storage::CpuQuant(b) => quantized_linear(&x2, b, w)?,
-        _ => x2.matmul(&f32_of(w, "linear")?.t()?)?,
+        _ => matmul_nt(&x2, &f32_of(w, "linear")?)?,
     };
     let y = match bias {
         Some(b) => y.broadcast_add(b.candle("linear")?)?,
@@ -69,7 +161,7 @@ fn quantized_linear(x2: &CT, blocks: &[u8], w: &Tensor) -> Result<CT> {
         let r = chunk.len() / row_bytes.max(1);
         let deq = crate::tensor::quant::dequantize_blocks(chunk, dtype)?;
         let wt = CT::from_vec(deq, (r, k), &candle_core::Device::Cpu)?;
-        parts.push(x2.matmul(&wt.t()?)?);
+        parts.push(matmul_nt(x2, &wt)?);
     }
     Ok(if parts.len() == 1 {
         parts.remove(0)
@@ -217,4 +309,36 @@ pub(crate) fn attention(
 
 pub(crate) fn argmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Tensor::from_candle(x.candle("argmax")?.argmax(D::Minus1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threaded_gemm_is_candles_matmul() {
+        // the threaded wasm build's Linear (gemm with rayon parallelism, w read transposed in
+        // place) against candle's matmul of the transposed weight, at a decode row, a few rows
+        // and an image's rows
+        let dev = candle_core::Device::Cpu;
+        for (m, n, k) in [(1, 300, 64), (7, 33, 96), (197, 130, 768)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 17 % 89) as f32 - 44.0) / 50.0)
+                .collect();
+            let x = CT::from_vec(x, (m, k), &dev).unwrap();
+            let w = CT::from_vec(w, (n, k), &dev).unwrap();
+            let got = gemm_f32(&x, &w).unwrap().to_vec2::<f32>().unwrap();
+            let want = x.matmul(&w.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+            for (gr, wr) in got.iter().zip(&want) {
+                for (g, w) in gr.iter().zip(wr) {
+                    // the same products summed in another blocking order: f32 rounding of a
+                    // k-term sum of terms |·| ≤ 1.2, ~k · 2⁻²⁴ relative to Σ|terms| ≤ 1e-3 here
+                    assert!((g - w).abs() <= 1e-3, "{m}×{n}×{k}: {g} vs {w}");
+                }
+            }
+        }
+    }
 }

@@ -330,6 +330,20 @@ pub fn gemv(
     k: usize,
     dtype: DType,
 ) -> Result<Vec<f32>> {
+    gemv_split(x, rows, w, n, k, dtype, crate::cpu::pool_threads())
+}
+
+/// [`gemv`] with the weight's rows split into `threads` runs on the rayon pool (≤ 1: all on the
+/// calling thread). Every output is computed the same way whatever the split.
+fn gemv_split(
+    x: &[f32],
+    rows: usize,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    dtype: DType,
+    threads: usize,
+) -> Result<Vec<f32>> {
     let bb = block_bytes(dtype)?;
     let bpr = k / BLOCK;
     if w.len() != n * bpr * bb || x.len() != rows * k || !k.is_multiple_of(BLOCK) {
@@ -348,15 +362,51 @@ pub fn gemv(
         return Ok(y);
     }
     let xq: Vec<QRow> = x.chunks_exact(k).map(quantize_row).collect();
+    // the weight's rows: all on this thread, or one run per thread of the CPU path's pool (the
+    // threaded wasm build)
+    if threads > 1 && n >= 2 * threads {
+        use rayon::prelude::*;
+        let per = n.div_ceil(threads);
+        let parts: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(per))
+            .into_par_iter()
+            .map(|c| {
+                let cols = c * per..((c + 1) * per).min(n);
+                let mut part = vec![0f32; rows * cols.len()];
+                let wpart = &w[cols.start * bpr * bb..cols.end * bpr * bb];
+                gemv_into(&xq, wpart, cols.len(), bpr * bb, bb, q8, &mut part);
+                (cols.start, part)
+            })
+            .collect();
+        for (start, part) in parts {
+            let width = part.len() / rows;
+            for (r, src) in part.chunks_exact(width).enumerate() {
+                y[r * n + start..r * n + start + width].copy_from_slice(src);
+            }
+        }
+    } else {
+        gemv_into(&xq, w, n, bpr * bb, bb, q8, &mut y);
+    }
+    Ok(y)
+}
+
+/// `y [rows, n] = xq · wᵀ` for `n` weight rows of `row_bytes` each ([`gemv`]'s loop).
+fn gemv_into(
+    xq: &[QRow],
+    w: &[u8],
+    n: usize,
+    row_bytes: usize,
+    bb: usize,
+    q8: bool,
+    y: &mut [f32],
+) {
     for (g, group) in xq.chunks(ROW_GROUP).enumerate() {
-        for (j, wrow) in w.chunks_exact(bpr * bb).enumerate() {
+        for (j, wrow) in w.chunks_exact(row_bytes).enumerate() {
             let acc = row_group_dots(group, wrow, bb, q8);
             for (r, a) in acc.iter().take(group.len()).enumerate() {
                 y[(g * ROW_GROUP + r) * n + j] = lane_sum(a);
             }
         }
     }
-    Ok(y)
 }
 
 /// What the GPU kernels see of quantized blocks: the word layout described above.
@@ -506,6 +556,31 @@ mod tests {
                             "{dtype:?} row {r} col {j}: {got} vs {want} (bound {bound})"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gemv_split_over_threads_gives_the_same_bits() {
+        // the threaded wasm build splits the weight's rows over its pool: every output must be
+        // the single-thread one exactly, for uneven splits and rows past a row group
+        let (n, k) = (37, 64);
+        let w = data(n * k);
+        for rows in [1, 5] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7 % 23) as f32 - 11.0) / 5.0)
+                .collect();
+            for dtype in [DType::Q8_0, DType::Q4_0] {
+                let q = quantize("w", &w, &[n, k], dtype).unwrap();
+                let one = gemv_split(&x, rows, &q, n, k, dtype, 1).unwrap();
+                for threads in [2, 3, 8] {
+                    let split = gemv_split(&x, rows, &q, n, k, dtype, threads).unwrap();
+                    assert_eq!(
+                        one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{dtype:?}, {rows} rows, {threads} threads"
+                    );
                 }
             }
         }

@@ -11,6 +11,9 @@ use crate::pipeline::{ModelSpec, Pipeline, PreparedImage, Task};
 use crate::selfcheck;
 use crate::tensor::{AttentionOpts, DType, Device, Tensor};
 
+#[cfg(target_feature = "atomics")]
+mod threads;
+
 /// A JS `Error` with a machine-readable `code` (see `Error::code`; the worker passes it on).
 fn coded(code: &str, message: &str) -> JsValue {
     let e = js_sys::Error::new(message);

@@ -5,13 +5,13 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
-import { BIN, BASE_ARGS, WEBGPU_ARGS, launch, blankPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
+import { ROOT, BIN, BASE_ARGS, WEBGPU_ARGS, launch, newPage, blankPage, assertNoProblems, startServer, stopAll } from './harness.mjs';
 
 const run = promisify(execFile);
 const SCENE = 9000002;
@@ -74,13 +74,16 @@ const SCRIPT = async ({ device, seed, questions }) => {
     backend: model.backend, architecture: model.architecture, progress: [...progress],
     caption: cap.text, pieces, timings: cap.timings, answers, brokenError, afterError,
     cancelName, cancelPieces, inFlight: inFlight.map((r) => r.text),
+    cores: navigator.hardwareConcurrency, poolThreads: (await glimpse.worker().request('stats')).poolThreads,
   };
 };
 
-for (const [device, args] of [['auto', WEBGPU_ARGS], ['cpu', BASE_ARGS]]) {
-  test(`glimpse.js with device '${device}': streamed captions and answers equal the CLI's`, { timeout: 400_000 }, async () => {
+// the CPU path twice: cross-origin isolated (the threaded build, a pool thread per core) and not
+// (the single-thread build, which says why)
+for (const [device, args, isolated] of [['auto', WEBGPU_ARGS, true], ['cpu', BASE_ARGS, true], ['cpu', BASE_ARGS, false]]) {
+  test(`glimpse.js with device '${device}'${isolated ? '' : ', not cross-origin isolated'}: streamed captions and answers equal the CLI's`, { timeout: 400_000 }, async () => {
     const browser = await launch(args);
-    const { page, problems } = await blankPage(browser);
+    const { page, problems } = await blankPage(browser, { isolated });
     const got = await page.evaluate(`(${SCRIPT})(${JSON.stringify({ device, seed: SCENE, questions: native.qa.map((q) => q.question) })})`);
     console.log(JSON.stringify({ device, backend: got.backend, caption: got.caption, pieces: got.pieces.length, timings: got.timings, brokenError: got.brokenError }));
     if (device === 'auto') {
@@ -88,6 +91,14 @@ for (const [device, args] of [['auto', WEBGPU_ARGS], ['cpu', BASE_ARGS]]) {
       assert.equal(got.backend.selfcheck?.pass, true, 'the start-up self-test ran and passed');
     } else {
       assert.equal(got.backend.device, 'cpu');
+    }
+    if (isolated) {
+      // headless Chromium reports this machine's cores (2 in CI)
+      assert.equal(got.backend.threads.build, 'threads', JSON.stringify(got.backend.threads));
+      assert.equal(got.backend.threads.count, Math.min(got.cores, 8));
+      assert.equal(got.poolThreads, got.backend.threads.count, 'the wasm side built a pool of that many threads');
+    } else {
+      assert.deepEqual(got.backend.threads, { count: 1, build: 'single', reason: 'the page is not cross-origin isolated (no COOP/COEP headers), so it cannot share memory between threads' });
     }
     assert.equal(got.architecture, 'GitForCausalLM');
     assert.ok(got.progress.includes('model.safetensors') && got.progress.includes('config.json'), got.progress.join(', '));
@@ -104,3 +115,46 @@ for (const [device, args] of [['auto', WEBGPU_ARGS], ['cpu', BASE_ARGS]]) {
     assertNoProblems(problems);
   });
 }
+
+test('glimpse serve isolates its pages (the threaded build runs the app), --no-isolation does not', { timeout: 300_000 }, async () => {
+  const headersOf = async (url) => {
+    const r = await fetch(url);
+    await r.arrayBuffer();
+    return { coop: r.headers.get('cross-origin-opener-policy'), coep: r.headers.get('cross-origin-embedder-policy') };
+  };
+  for (const path of ['/www/', '/pkg/threads/glimpse.js', '/no/such/file']) {
+    assert.deepEqual(await headersOf(`${base}${path}`), { coop: 'same-origin', coep: 'require-corp' }, path);
+  }
+  // the same server without them
+  const child = spawn(BIN, ['serve', '--port', '0', '--root', ROOT, '--no-isolation'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    const other = await new Promise((resolve, reject) => {
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+        const m = out.match(/glimpse is serving (http:\/\/127\.0\.0\.1:\d+)\//);
+        if (m) resolve(m[1]);
+      });
+      child.on('exit', (code) => reject(new Error(`glimpse serve --no-isolation exited (${code})`)));
+    });
+    assert.deepEqual(await headersOf(`${other}/www/`), { coop: null, coep: null });
+  } finally {
+    child.kill();
+  }
+
+  // the app page as a person opens it, on the CPU path: isolated, with a pool thread per core
+  const browser = await launch(BASE_ARGS);
+  const { page, problems } = await newPage(browser);
+  await page.goto(`${base}/www/?device=cpu&scene=9000002`);
+  await page.waitForFunction(() => document.getElementById('caption-text')?.dataset.state === 'done', null, { timeout: 240_000 });
+  const got = await page.evaluate(() => ({
+    isolated: self.crossOriginIsolated,
+    cores: navigator.hardwareConcurrency,
+    adapter: document.getElementById('adapter').innerText.replace(/\s+/g, ' '),
+    caption: document.getElementById('caption-text').textContent.trim(),
+  }));
+  assert.equal(got.isolated, true);
+  assert.match(got.adapter, new RegExp(`CPU threads ${Math.min(got.cores, 8)} \\(threaded build\\)`), got.adapter);
+  assert.equal(got.caption, native.caption, 'the app page captions as the CLI does');
+  assertNoProblems(problems);
+});

@@ -4,7 +4,7 @@
 // search streams its best beam and cancels like greedy; and after a wasm trap (a Rust panic on
 // purpose, synchronous or inside an async export whose promise never settles) the request fails
 // with code 'trap', the worker is replaced, the model is reloaded and the next caption equals the
-// one before.
+// one before; in the threaded build a panic on a thread of the CPU pool, too.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -82,6 +82,15 @@ const SCRIPT = async () => {
     const next = await model.caption(image);
     out[inAsync ? 'asyncTrap' : 'syncTrap'] = { error: r, next: next.text, ms: performance.now() - t0 };
   }
+  // a panic on a thread of the CPU pool (the threaded build): the worker's own thread waits for
+  // it forever, so the pool thread reports it and the page replaces the worker
+  out.threads = model.backend.threads;
+  if (out.threads?.build === 'threads') {
+    const t0 = performance.now();
+    const r = await codeOf(client.request('debugPanic', { message: 'a panic on purpose (pool)', inPool: true }));
+    const next = await model.caption(image);
+    out.poolTrap = { error: r, next: next.text, ms: performance.now() - t0 };
+  }
   out.restarts = client.restarts;
   return out;
 };
@@ -110,7 +119,11 @@ test('errors carry codes, callbacks and traps end their request, the worker serv
     assert.match(got[k].error, /^trap: glimpse hit an internal error \(glimpse panicked: .*a panic on purpose/s, k);
     assert.equal(got[k].next, got.caption, `${k}: the next caption after the restart`);
   }
-  assert.equal(got.restarts, 2);
+  // blankPage is cross-origin isolated: the threaded build with a pool thread per core
+  assert.equal(got.threads?.build, 'threads', JSON.stringify(got.threads));
+  assert.match(got.poolTrap.error, /^trap: glimpse hit an internal error \(a thread of the CPU pool trapped: glimpse panicked: .*a panic on purpose \(pool\)/s);
+  assert.equal(got.poolTrap.next, got.caption, 'poolTrap: the next caption after the restart');
+  assert.equal(got.restarts, 3);
   // the only console errors are the panic hook's own reports of the two panics on purpose
   const unexpected = problems.filter((p) => !/a panic on purpose/.test(p));
   assert.deepEqual(unexpected, []);

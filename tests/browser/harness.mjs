@@ -129,11 +129,19 @@ export async function newPage(browser, { viewport = { width: 1280, height: 900 }
   return { page, problems, context };
 }
 
-/** Opens an empty document on the server's origin (a secure context), for page.evaluate. */
-export async function blankPage(browser, opts) {
+/** The headers `glimpse serve` sends so that its pages are cross-origin isolated. */
+export const ISOLATION_HEADERS = { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' };
+
+/**
+ * Opens an empty document on the server's origin (a secure context), for page.evaluate. Like
+ * every page `glimpse serve` sends it is cross-origin isolated (the worker then runs the threaded
+ * CPU build) unless `isolated: false` (the single-thread build, as on a host without COOP/COEP).
+ */
+export async function blankPage(browser, { isolated = true, ...opts } = {}) {
   const p = await newPage(browser, opts);
   const url = `${base}/__glimpse_test_blank__`;
-  await p.page.route(url, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>blank</title>' }));
+  const headers = isolated ? ISOLATION_HEADERS : {};
+  await p.page.route(url, (route) => route.fulfill({ contentType: 'text/html', headers, body: '<!doctype html><title>blank</title>' }));
   await p.page.goto(url);
   return p;
 }
