@@ -133,12 +133,30 @@ fn dequantize_block(blk: &[u8], q8: bool, w: &mut [f32; BLOCK]) {
 
 /// f32 values of ggml q8_0 (`q8`) or q4_0 blocks; a trailing partial block is ignored.
 pub fn dequantize_ggml(bytes: &[u8], q8: bool) -> Vec<f32> {
+    dequantize_split(bytes, q8, crate::cpu::pool_threads())
+}
+
+/// [`dequantize_ggml`] in `threads` runs of blocks on the rayon pool (≤ 1: on this thread).
+fn dequantize_split(bytes: &[u8], q8: bool, threads: usize) -> Vec<f32> {
     let bb = if q8 { Q8_0_BYTES } else { Q4_0_BYTES };
     let nblocks = bytes.len() / bb;
     let mut out = vec![0f32; nblocks * BLOCK];
-    let (dst, _) = out.as_chunks_mut::<BLOCK>();
-    for (blk, w) in bytes.chunks_exact(bb).zip(dst) {
-        dequantize_block(blk, q8, w);
+    let run = |src: &[u8], dst: &mut [f32]| {
+        let (dst, _) = dst.as_chunks_mut::<BLOCK>();
+        for (blk, w) in src.chunks_exact(bb).zip(dst) {
+            dequantize_block(blk, q8, w);
+        }
+    };
+    // a many-row quantized Linear dequantizes its weight at every call: on the CPU path's pool
+    // (the threaded wasm build), one run of blocks per thread
+    if threads > 1 && nblocks >= 64 * threads {
+        use rayon::prelude::*;
+        let per = nblocks.div_ceil(threads);
+        out.par_chunks_mut(per * BLOCK)
+            .zip(bytes[..nblocks * bb].par_chunks(per * bb))
+            .for_each(|(dst, src)| run(src, dst));
+    } else {
+        run(bytes, &mut out);
     }
     out
 }
@@ -558,6 +576,27 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn dequantize_split_over_threads_gives_the_same_values() {
+        // 300 blocks and a trailing partial one: uneven runs, the partial block ignored
+        let w = data(300 * BLOCK);
+        for dtype in [DType::Q8_0, DType::Q4_0] {
+            let mut q = quantize("w", &w, &[300, BLOCK], dtype).unwrap();
+            q.extend_from_slice(&[7, 7, 7]);
+            let one = dequantize_split(&q, dtype == DType::Q8_0, 1);
+            assert_eq!(one.len(), 300 * BLOCK);
+            for threads in [2, 3] {
+                // 64 blocks per thread at least: 2 and 3 threads split, 5 does not
+                assert_eq!(
+                    one,
+                    dequantize_split(&q, dtype == DType::Q8_0, threads),
+                    "{dtype:?} {threads}"
+                );
+            }
+            assert_eq!(one, dequantize_split(&q, dtype == DType::Q8_0, 5));
         }
     }
 
