@@ -5,8 +5,8 @@
 #
 # The threaded build needs the nightly toolchain with rust-src (`-Z build-std`: the standard
 # library rebuilt with atomics; scripts/setup.sh installs it) and its own target folder
-# (target/threads/): its first build takes ~15 minutes on 2 cores. GLIMPSE_THREADS=0 skips it
-# (the page then always runs the single-thread build).
+# (target/threads/): its first build takes ~7 minutes on 2 cores, and wasm-opt ~3 more.
+# GLIMPSE_THREADS=0 skips it (the page then always runs the single-thread build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
