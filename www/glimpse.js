@@ -57,7 +57,8 @@ class Client {
   }
 
   spawn() {
-    const w = new Worker(new URL('worker.js', HERE), { type: 'module' });
+    // the worker's name is the trap channel its CPU pool threads report on (www/thread.js)
+    const w = new Worker(new URL('worker.js', HERE), { type: 'module', name: this.trapChannel });
     w.onmessage = (ev) => this.receive(ev.data);
     w.onerror = (ev) => {
       const err = coded('error', `the glimpse worker failed: ${ev.message || 'could not start (is pkg/ built?)'}`);
@@ -137,7 +138,7 @@ class Client {
     this.pending.clear();
     this.spawn();
     this.restarting = (async () => {
-      const backend = await this.post('init', { device: this.device ?? 'auto', selfcheck: this.selfcheck ?? 'cached', threads: this.threads ?? 'auto', trapChannel: this.trapChannel });
+      const backend = await this.post('init', { device: this.device ?? 'auto', selfcheck: this.selfcheck ?? 'cached', threads: this.threads ?? 'auto' });
       this.backend = Promise.resolve(backend);
       for (const model of this.models) {
         try {
@@ -173,7 +174,7 @@ class Client {
       this.selfcheck = selfcheck;
       this.threads = threads;
       // a failed init is not kept: the next call tries again
-      this.backend = this.request('init', { device, selfcheck, threads, trapChannel: this.trapChannel }).catch((e) => {
+      this.backend = this.request('init', { device, selfcheck, threads }).catch((e) => {
         this.backend = null;
         throw e;
       });
@@ -213,8 +214,8 @@ function source(model, opts) {
 /**
  * Loads a model in the worker. Options: device ('auto' | 'webgpu' | 'cpu'; auto = WebGPU after a
  * kernel self-test, else CPU), threads (the CPU path's: 'auto' = every core, at most 8, where the
- * page is cross-origin isolated; 1 = one; the first load's choice holds for the page), dtype ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded,
- * total, stored}), catalog (URL of a catalog.json), store (default true: keep a catalog or URL
+ * page is cross-origin isolated; 1 = one; the first load's choice holds for the page), dtype
+ * ('f32' | 'f16' | 'q8_0' | 'q4_0'), onProgress({file, loaded, total, stored}), catalog (URL of a catalog.json), store (default true: keep a catalog or URL
  * model in this browser as one GGUF file in the dtype asked, so the next load reads it with no
  * download, also offline). The weights stream straight to the device as they arrive; the model
  * says where it came from (`from`: 'network' | 'store' | 'files'), `downloadedBytes`,

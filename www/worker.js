@@ -34,6 +34,9 @@
 // every model from its source and re-encodes the prepared images, keeping their handles; the
 // request that hit the loss fails with a message that says so, and the next one runs.
 
+import { describeAdapter, messageOf } from './engine.js';
+import * as store from './store.js';
+
 // The wasm package: the threaded build (pkg/threads/: the CPU path's matmuls split over a pool of
 // Web Workers, www/thread.js, on one shared memory) where this page is cross-origin isolated —
 // SharedArrayBuffer needs it; `glimpse serve` sends the COOP/COEP headers — and the single-thread
@@ -45,9 +48,13 @@ let pkgLoading = null;
 /** {count, build: 'threads' | 'single', reason}: what the CPU path runs on (the backend says it). */
 let threadInfo = null;
 
+// A pool thread that traps reports it on the BroadcastChannel the page gave this worker as its
+// name (www/glimpse.js), since this worker waits for the pool with no event loop running.
+const trapChannel = self.name || null;
+
 const init = (opts = {}) => (pkgLoading ??= loadPackage(opts));
 
-async function loadPackage({ threads = 'auto', trapChannel = null }) {
+async function loadPackage({ threads = 'auto' }) {
   const wanted = threads === 'auto' || threads == null
     ? Math.min(Math.max(1, navigator.hardwareConcurrency || 1), 8)
     : Math.max(1, Math.floor(Number(threads)) || 1);
@@ -61,7 +68,7 @@ async function loadPackage({ threads = 'auto', trapChannel = null }) {
       const url = new URL('../pkg/threads/glimpse.js', import.meta.url).href;
       const m = await import(url);
       await m.default();
-      await startPool(m, url, wanted, trapChannel);
+      await startPool(m, url, wanted);
       wasm = m;
       threadInfo = { count: wanted, build: 'threads', reason: null };
       return;
@@ -76,7 +83,7 @@ async function loadPackage({ threads = 'auto', trapChannel = null }) {
 }
 
 /** Starts `n` pool threads (www/thread.js) and builds the pool once all of them wait. */
-async function startPool(m, url, n, trapChannel) {
+async function startPool(m, url, n) {
   const [module, memory] = m.threadPoolHandles();
   await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
     const w = new Worker(new URL('./thread.js', import.meta.url), { type: 'module' });
@@ -86,8 +93,6 @@ async function startPool(m, url, n, trapChannel) {
   })));
   m.threadPoolBuild(n);
 }
-import { describeAdapter, messageOf } from './engine.js';
-import * as store from './store.js';
 
 let engine = null; // wasm Engine
 let backend = null; // {device, reason, adapter, selfcheck, threads}
@@ -614,8 +619,8 @@ async function generate(msg, run) {
 }
 
 const HANDLERS = {
-  async init({ device = 'auto', selfcheck = 'cached', threads = 'auto', trapChannel = null }) {
-    await init({ threads, trapChannel });
+  async init({ device = 'auto', selfcheck = 'cached', threads = 'auto' }) {
+    await init({ threads });
     if (engine && backend) return backend;
     requestedDevice = device;
     alwaysSelfcheck = selfcheck === 'always';

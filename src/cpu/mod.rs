@@ -125,21 +125,18 @@ fn gemm_f32(x: &CT, w: &CT, threads: usize) -> Result<CT> {
             }
         };
         use rayon::prelude::*;
-        (0..n)
-            .step_by(per)
-            .collect::<Vec<_>>()
+        (0..n.div_ceil(per))
             .into_par_iter()
-            .for_each(run);
+            .for_each(|r| run(r * per));
     }
     Ok(CT::from_vec(y, (m, n), &candle_core::Device::Cpu)?)
 }
 
 /// `x [M, K] · w [N, K]ᵀ` for f32 operands: candle's matmul, or [`gemm_f32`] when a pool exists.
 fn matmul_nt(x: &CT, w: &CT) -> Result<CT> {
-    if pool_threads() > 1 {
-        gemm_f32(x, w, pool_threads())
-    } else {
-        Ok(x.matmul(&w.t()?)?)
+    match pool_threads() {
+        threads @ 2.. => gemm_f32(x, w, threads),
+        _ => Ok(x.matmul(&w.t()?)?),
     }
 }
 
