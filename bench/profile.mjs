@@ -4,7 +4,7 @@
 // by their Rust names) ranked by self time.
 //
 //   node bench/profile.mjs [--model vit-gpt2-image-captioning] [--device cpu] [--dtype f32]
-//                          [--layers N] [--top 40]
+//                          [--layers N] [--top 40] [--isolated 0|1] [--threads auto|N]
 //
 // The model is the catalog's local mirror (tests/browser/mirror.mjs, as bench/compare.mjs uses).
 // A development tool: the numbers are samples of one run, not a benchmark. wasm-opt drops the
@@ -26,6 +26,12 @@ const DTYPE = arg('dtype', 'f32');
 const LAYERS = arg('layers', null) === null ? null : Number(arg('layers'));
 const TOP = Number(arg('top', '40'));
 const ARGS = WEBGPU;
+// cross-origin isolated as `glimpse serve` sends pages, so the worker takes the threaded build
+// where there is one (--isolated 0: the single-thread build). Only the glimpse worker's own
+// thread is sampled: time it spends waiting for the pool shows as the wait's functions.
+const ISOLATED = arg('isolated', '1') !== '0';
+const THREADS = arg('threads', 'auto');
+const ISOLATION_HEADERS = ISOLATED ? { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' } : {};
 
 
 async function main() {
@@ -42,17 +48,17 @@ async function main() {
     const cdp = await context.newCDPSession(await context.newPage());
     const page = context.pages()[0];
     const blank = `${base}/__glimpse_profile__`;
-    await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>profile</title>' }));
+    await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', headers: ISOLATION_HEADERS, body: '<!doctype html><title>profile</title>' }));
     await page.goto(blank);
-    await page.evaluate(async ({ id, device, dtype, catalog }) => {
+    await page.evaluate(async ({ id, device, dtype, catalog, threads }) => {
       const glimpse = await import('/www/glimpse.js');
-      self.model = await glimpse.load(id, { device, dtype, catalog, store: false });
-    }, { id: ID, device: DEVICE, dtype: DTYPE, catalog: mirror.catalogUrl });
+      self.model = await glimpse.load(id, { device, dtype, catalog, store: false, threads });
+    }, { id: ID, device: DEVICE, dtype: DTYPE, catalog: mirror.catalogUrl, threads: THREADS === 'auto' ? 'auto' : Number(THREADS) });
     const worker = page.workers()[0];
     if (!worker) throw new Error('no worker');
     // a CDP session on the worker's target
     const { targetInfos } = await cdp.send('Target.getTargets');
-    const target = targetInfos.find((t) => t.type === 'worker');
+    const target = targetInfos.find((t) => t.type === 'worker' && t.url.endsWith(process.env.PROFILE_TARGET ?? '/worker.js'));
     const { sessionId } = await cdp.send('Target.attachToTarget', { targetId: target.targetId, flatten: false });
     const send = (method, params = {}) => cdp.send('Target.sendMessageToTarget', { sessionId, message: JSON.stringify({ id: ++send.id, method, params }) });
     send.id = 0;
@@ -94,7 +100,8 @@ async function main() {
       self_.set(name, (self_.get(name) ?? 0) + us);
       total += us;
     }
-    console.log(`${ID} ${DEVICE} ${DTYPE}${LAYERS ? ` (${LAYERS} layers)` : ''}: timings ${JSON.stringify(out)}`);
+    const threads = await page.evaluate(() => self.model.backend.threads?.count ?? 1);
+    console.log(`${ID} ${DEVICE} ${DTYPE}${LAYERS ? ` (${LAYERS} layers)` : ''}, ${threads} CPU thread(s): timings ${JSON.stringify(out)}`);
     console.log(`self time of ${(total / 1000).toFixed(0)} ms sampled in the worker`);
     console.log('| ms | % | function |\n|---:|---:|---|');
     for (const [name, us] of [...self_].sort((a, b) => b[1] - a[1]).slice(0, TOP)) {

@@ -1,17 +1,20 @@
 //! The CPU path: the same ops on candle-core. Shapes were checked by `Tensor`; these functions
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply their quants
-//! by 16-bit activation blocks in integers for a few rows, or are dequantized a slab at a time
-//! for an f32 matmul (`quantized_linear`, `tensor::quant`).
+//! by 16-bit activation blocks in integers (`quantized_linear`, `tensor::quant`). In wasm the f32 Linears run this
+//! crate's own tiles (`gemm.rs`), natively candle's GEMM.
 //!
 //! Threads: natively candle's GEMM already uses every core. In wasm, candle sees one thread; the
 //! threaded build (pkg/threads/, wasm32 with +atomics, picked by the page when it is
 //! cross-origin isolated) starts a rayon pool of Web Workers (`web::threads`), and then the f32
-//! Linears split their output columns over the pool ([`gemm_f32`]), and so do the quantized
-//! decode GEMV and the dequantization of a many-row quantized Linear (`tensor::quant`).
+//! Linears split their output columns over the pool ([`linear_f32`]), and so do the quantized
+//! Linears and the dequantization of quantized weights (`tensor::quant`). Natively the
+//! quantized Linears split over rayon's global pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType as CDType, Tensor as CT, D};
+
+mod gemm;
 
 use crate::error::Result;
 use crate::gpu::kernels::elementwise::{BinaryOp, UnaryOp};
@@ -55,20 +58,18 @@ pub fn pool_threads() -> usize {
 /// `y` shared by the pool's threads, each writing its own columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: the threads of `gemm_f32` write disjoint column ranges of one live buffer
+// SAFETY: the threads of `linear_f32` write disjoint column ranges of one live buffer
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// `x [M, K] · w [N, K]ᵀ` (both contiguous f32) on the pool: the output's columns (w's rows) in
-/// one run per thread, each run gemm on the calling thread — the GEMM candle calls. (gemm's own
-/// rayon split decides by its cache model, which in wasm knows no caches, and left the second
-/// thread idle: ViT-GPT2's image encoder ran 12% faster on 2 threads instead of ~2×.)
-fn gemm_f32(x: &CT, w: &CT, threads: usize) -> Result<CT> {
+/// `x [M, K] · w [N, K]ᵀ` (both contiguous f32) with [`gemm`]'s tiles straight on the weight:
+/// on the calling thread, or on the pool with the output's columns in one run per thread (each
+/// run a multiple of the tile's 3 columns).
+fn linear_f32(x: &CT, w: &CT, threads: usize) -> Result<CT> {
     let (m, k) = x.dims2()?;
     let n = w.dim(0)?;
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let mut y = vec![0f32; m * n];
-    {
+    let y = {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
@@ -91,52 +92,32 @@ fn gemm_f32(x: &CT, w: &CT, threads: usize) -> Result<CT> {
                 "operand sizes disagree with their shapes",
             ));
         }
-        // runs of whole 16-column groups (the microkernel's width), at least one per thread
-        let per = n.div_ceil(threads.max(1)).next_multiple_of(16).max(16);
-        let out = OutPtr(y.as_mut_ptr());
-        let run = |c0: usize| {
-            let cols = per.min(n - c0);
-            // SAFETY: y is [m, n] row-major and this run writes only its columns c0..c0+cols
-            // (row stride n); x is [m, k] row-major; rows c0..c0+cols of w [n, k] row-major are
-            // read as the [k, cols] matrix wᵀ (row stride 1, column stride k). Lengths were
-            // checked above, and every run ends before n.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    cols,
-                    k,
-                    { out }.0.add(c0),
-                    1,
-                    n as isize,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    k as isize,
-                    ws.as_ptr().add(c0 * k),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        };
-        use rayon::prelude::*;
-        (0..n.div_ceil(per))
-            .into_par_iter()
-            .for_each(|r| run(r * per));
-    }
+        if threads <= 1 {
+            gemm::matmul_nt::<gemm::Native>(xs, ws, m, n, k)
+        } else {
+            let mut y = vec![0f32; m * n];
+            let per = n.div_ceil(threads).next_multiple_of(3).max(3);
+            let out = OutPtr(y.as_mut_ptr());
+            use rayon::prelude::*;
+            (0..n.div_ceil(per)).into_par_iter().for_each(|r| {
+                let cols = r * per..((r + 1) * per).min(n);
+                // SAFETY: y is [m, n] and lives until the pool is done; each run writes only
+                // its own columns
+                unsafe { gemm::matmul_nt_cols::<gemm::Native>(xs, ws, (m, n, k), cols, { out }.0) };
+            });
+            y
+        }
+    };
     Ok(CT::from_vec(y, (m, n), &candle_core::Device::Cpu)?)
 }
 
-/// `x [M, K] · w [N, K]ᵀ` for f32 operands: candle's matmul, or [`gemm_f32`] when a pool exists.
+/// `x [M, K] · w [N, K]ᵀ` for f32 operands: in wasm [`linear_f32`] (on the pool when one
+/// exists); natively candle's matmul (its GEMM has FMA, wide vectors and every core).
 fn matmul_nt(x: &CT, w: &CT) -> Result<CT> {
-    match pool_threads() {
-        threads @ 2.. => gemm_f32(x, w, threads),
-        _ => Ok(x.matmul(&w.t()?)?),
+    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) || pool_threads() >= 2 {
+        linear_f32(x, w, pool_threads())
+    } else {
+        Ok(x.matmul(&w.t()?)?)
     }
 }
 
@@ -160,34 +141,18 @@ pub(crate) fn linear(
     Tensor::from_candle(y.reshape(out_shape)?)
 }
 
-/// `x [R, K] · w [N, K]ᵀ` for ggml-block weights. A few rows (a decode step, its beams) go through
-/// the integer kernel of `tensor::quant::gemv`, which reads the weight in its blocks; many rows
-/// (an image, a prompt) dequantize the weight a slab of rows at a time for candle's f32 matmul
-/// (in wasm the integer kernel is slower than candle's packed f32 GEMM at 50–200 rows).
+/// `x [R, K] · w [N, K]ᵀ` for ggml-block weights: the integer kernel of `tensor::quant::gemv`,
+/// which reads the weight in its blocks, for any number of rows — a decode step as an image.
+/// (Dequantizing the weight for an f32 GEMM was the many-row path until the f32 and integer
+/// kernels were timed side by side in Chromium: the integer one multiplies ~1.3× faster than the
+/// f32 tiles of `gemm.rs` at 35–197 rows and never expands the weight.) The same bits in wasm
+/// and natively, whatever the number of threads.
 fn quantized_linear(x2: &CT, blocks: &[u8], w: &Tensor) -> Result<CT> {
     let (rows, k) = x2.dims2()?;
     let n = w.dim(0);
-    let dtype = w.dtype();
-    if rows <= crate::tensor::quant::GEMV_MAX_ROWS {
-        let x = x2.flatten_all()?.to_vec1::<f32>()?;
-        let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, dtype)?;
-        return Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?);
-    }
-    let row_bytes = blocks.len() / n.max(1);
-    // 2048 rows of f32 at a time (6 MiB for K = 768): the whole weight is never expanded
-    let slab = 2048;
-    let mut parts = Vec::new();
-    for chunk in blocks.chunks(slab * row_bytes.max(1)) {
-        let r = chunk.len() / row_bytes.max(1);
-        let deq = crate::tensor::quant::dequantize_blocks(chunk, dtype)?;
-        let wt = CT::from_vec(deq, (r, k), &candle_core::Device::Cpu)?;
-        parts.push(matmul_nt(x2, &wt)?);
-    }
-    Ok(if parts.len() == 1 {
-        parts.remove(0)
-    } else {
-        CT::cat(&parts, 1)?
-    })
+    let x = x2.flatten_all()?.to_vec1::<f32>()?;
+    let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, w.dtype())?;
+    Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?)
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
@@ -199,38 +164,78 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
     Tensor::from_candle(out)
 }
 
+/// Elements per thread below which a row-wise op stays on the calling thread (waking the pool
+/// costs more than a few thousand exps).
+const ROWS_ON_POOL_MIN: usize = 16 * 1024;
+
+/// `f` (an op that treats each row of the last dimension on its own) over `c`: on the calling
+/// thread, or — when a pool exists and `c` is large — over one run of rows per pool thread,
+/// joined in order. Each row goes through the same candle op either way, so the values are the
+/// same bits; what the pool saves is the time of the activations, LayerNorms and softmaxes that
+/// would otherwise run on one thread between the parallel Linears.
+fn rows_on_pool(c: &CT, f: impl Fn(&CT) -> candle_core::Result<CT> + Sync) -> Result<CT> {
+    rows_split(c, pool_threads(), f)
+}
+
+/// [`rows_on_pool`] over `threads` runs.
+fn rows_split(
+    c: &CT,
+    threads: usize,
+    f: impl Fn(&CT) -> candle_core::Result<CT> + Sync,
+) -> Result<CT> {
+    let dims = c.dims().to_vec();
+    let cols = dims.last().copied().unwrap_or(1).max(1);
+    let rows = c.elem_count() / cols;
+    if threads < 2 || rows < 2 || c.elem_count() < ROWS_ON_POOL_MIN * threads {
+        return Ok(f(c)?);
+    }
+    let flat = c.reshape((rows, cols))?;
+    let per = rows.div_ceil(threads);
+    use rayon::prelude::*;
+    let parts = (0..rows.div_ceil(per))
+        .into_par_iter()
+        .map(|r| f(&flat.narrow(0, r * per, per.min(rows - r * per))?))
+        .collect::<candle_core::Result<Vec<CT>>>()?;
+    Ok(CT::cat(&parts, 0)?.reshape(dims)?)
+}
+
 pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
     let c = x.candle(op.name())?;
-    let out = match op {
-        UnaryOp::GeluErf => c.gelu_erf()?,
-        UnaryOp::GeluTanh => c.gelu()?,
+    let out = rows_on_pool(c, |c| match op {
+        UnaryOp::GeluErf => c.gelu_erf(),
+        UnaryOp::GeluTanh => c.gelu(),
         // x · sigmoid(1.702 x) = x / (1 + exp(-1.702 x))
-        UnaryOp::QuickGelu => (c / ((c * -1.702)?.exp()? + 1.0)?)?,
-        UnaryOp::Silu => c.silu()?,
-    };
+        UnaryOp::QuickGelu => c / ((c * -1.702)?.exp()? + 1.0)?,
+        UnaryOp::Silu => c.silu(),
+    })?;
     Tensor::from_candle(out)
 }
 
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Tensor::from_candle(softmax(x.candle("softmax")?)?)
+    Tensor::from_candle(rows_on_pool(x.candle("softmax")?, softmax_rows)?)
 }
 
 fn softmax(c: &CT) -> Result<CT> {
+    rows_on_pool(c, softmax_rows)
+}
+
+fn softmax_rows(c: &CT) -> candle_core::Result<CT> {
     let max = c.max_keepdim(D::Minus1)?;
     let e = c.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
+    e.broadcast_div(&sum)
 }
 
 pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
-    let c = x.candle("layer_norm")?;
-    let mean = c.mean_keepdim(D::Minus1)?;
-    let xc = c.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps as f64)?.sqrt()?)?;
-    let y = y
-        .broadcast_mul(w.candle("layer_norm")?)?
-        .broadcast_add(b.candle("layer_norm")?)?;
+    let (w, b) = (w.candle("layer_norm")?, b.candle("layer_norm")?);
+    let y = rows_on_pool(x.candle("layer_norm")?, |c| {
+        let mean = c.mean_keepdim(D::Minus1)?;
+        let xc = c.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        xc.broadcast_div(&(var + eps as f64)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .broadcast_add(b)
+    })?;
     Tensor::from_candle(y)
 }
 
@@ -336,10 +341,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn threaded_gemm_is_candles_matmul() {
-        // the threaded wasm build's Linear (gemm with rayon parallelism, w read transposed in
-        // place) against candle's matmul of the transposed weight, at a decode row, a few rows
-        // and an image's rows
+    fn row_ops_split_over_threads_are_the_same_bits() {
+        // 4-D scores as the attention's softmax sees them, an activation's and a LayerNorm's
+        // rows (all above the size that goes to the pool): split into runs, uneven ones too
+        // (3 rows over 2 threads), the same bits
+        let dev = candle_core::Device::Cpu;
+        for dims in [vec![2, 12, 50, 50], vec![3, 3072 * 8], vec![2, 9, 4096]] {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+                .collect();
+            let c = CT::from_vec(v, dims.as_slice(), &dev).unwrap();
+            let ops: [&(dyn Fn(&CT) -> candle_core::Result<CT> + Sync); 3] = [
+                &softmax_rows,
+                &|c: &CT| c / ((c * -1.702)?.exp()? + 1.0)?,
+                &|c: &CT| c.gelu_erf(),
+            ];
+            for op in ops {
+                let want = op(&c)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                for threads in [2, 3] {
+                    let got = rows_split(&c, threads, op).unwrap();
+                    assert_eq!(got.dims(), dims.as_slice());
+                    let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(g, w)| g.to_bits() == w.to_bits()),
+                        "{dims:?} over {threads} threads"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_linear_is_candles_matmul() {
+        // the wasm build's Linear (gemm.rs's tiles, the output's columns split over threads)
+        // against candle's matmul of the transposed weight, at a decode row, a few rows and an
+        // image's rows
         let dev = candle_core::Device::Cpu;
         for (m, n, k) in [(1, 300, 64), (7, 33, 96), (197, 130, 768)] {
             let x: Vec<f32> = (0..m * k)
@@ -351,9 +395,13 @@ mod tests {
             let x = CT::from_vec(x, (m, k), &dev).unwrap();
             let w = CT::from_vec(w, (n, k), &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
-            // one run, uneven runs (300 = 2 × 160 − 20), more threads than 16-column groups
+            // one run, uneven runs (300 = 2 × 150, 33 = 2 × 18 − 3), more threads than 3-column
+            // groups
             for threads in [1, 2, 3, 64] {
-                let got = gemm_f32(&x, &w, threads).unwrap().to_vec2::<f32>().unwrap();
+                let got = linear_f32(&x, &w, threads)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
                 for (gr, wr) in got.iter().zip(&want) {
                     for (g, w) in gr.iter().zip(wr) {
                         // the same products summed in another blocking order: f32 rounding of a

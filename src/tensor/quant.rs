@@ -182,22 +182,72 @@ fn quantize_row(x: &[f32]) -> QRow {
     let mut q = vec![[0i16; BLOCK]; blocks.len()];
     let mut d = vec![0f32; blocks.len()];
     for ((xb, qb), db) in blocks.iter().zip(q.iter_mut()).zip(d.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = block_amax(xb);
         // a non-finite value makes d non-finite, and the outputs that read it NaN or inf
         *db = amax / 32767.0;
         let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
-        for (t, &v) in qb.iter_mut().zip(xb) {
-            *t = (v * id).round_ties_even() as i16;
-        }
+        round_block(xb, id, qb);
     }
     QRow { q, d }
 }
 
-/// The 32 quants of one ggml block as i16 (q8_0's bytes, or q4_0's nibbles minus 8) and its scale.
+/// max |v| of a block, NaN ignored (as `f32::max` does).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn block_amax(xb: &[f32; BLOCK]) -> f32 {
+    xb.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `v · id` rounded to the nearest i16, ties to even (NaN → 0, beyond the range: saturated).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn round_block(xb: &[f32; BLOCK], id: f32, qb: &mut [i16; BLOCK]) {
+    for (t, &v) in qb.iter_mut().zip(xb) {
+        *t = (v * id).round_ties_even() as i16;
+    }
+}
+
+/// [`block_amax`] in simd128: `pmax` keeps its first operand when the second is NaN, as
+/// `f32::max` does; a maximum is exact in any order.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn block_amax(xb: &[f32; BLOCK]) -> f32 {
+    use core::arch::wasm32::*;
+    let mut m = f32x4_splat(0.0);
+    for c in xb.as_chunks::<4>().0 {
+        // SAFETY: `c` is four readable f32s
+        m = f32x4_pmax(
+            m,
+            f32x4_abs(unsafe { v128_load(c.as_ptr() as *const v128) }),
+        );
+    }
+    let l = [
+        f32x4_extract_lane::<0>(m),
+        f32x4_extract_lane::<1>(m),
+        f32x4_extract_lane::<2>(m),
+        f32x4_extract_lane::<3>(m),
+    ];
+    l.iter().fold(0f32, |a, &v| a.max(v))
+}
+
+/// [`round_block`] in simd128: `nearest` rounds ties to even, `trunc_sat` and the saturating
+/// narrow give Rust's `as i16` (NaN → 0, saturated ends).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn round_block(xb: &[f32; BLOCK], id: f32, qb: &mut [i16; BLOCK]) {
+    use core::arch::wasm32::*;
+    let s = f32x4_splat(id);
+    for (c, out) in xb.as_chunks::<8>().0.iter().zip(qb.as_chunks_mut::<8>().0) {
+        // SAFETY: `c` is eight readable f32s, `out` eight writable i16s
+        unsafe {
+            let p = c.as_ptr() as *const v128;
+            let lo = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v128_load(p), s)));
+            let hi = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(v128_load(p.add(1)), s)));
+            v128_store(out.as_mut_ptr() as *mut v128, i16x8_narrow_i32x4(lo, hi));
+        }
+    }
+}
+
+/// The 32 quants of one ggml block as i16 (q8_0's bytes, or q4_0's nibbles minus 8).
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 #[inline(always)]
-fn block_quants(blk: &[u8], q8: bool, w: &mut [i16; BLOCK]) -> f32 {
-    let d = scale(blk);
+fn block_quants(blk: &[u8], q8: bool, w: &mut [i16; BLOCK]) {
     let qs = &blk[2..];
     if q8 {
         if let Some(qs) = qs.first_chunk::<BLOCK>() {
@@ -212,7 +262,6 @@ fn block_quants(blk: &[u8], q8: bool, w: &mut [i16; BLOCK]) -> f32 {
             *h = (v >> 4) as i16 - 8;
         }
     }
-    d
 }
 
 /// `a[l] += (s[l] as f32) · d` where `s[l]` is the exact integer sum of the products `x[i]·w[i]`
@@ -240,25 +289,26 @@ fn lane_sum(a: &[f32; 4]) -> f32 {
     (a[0] + a[2]) + (a[1] + a[3])
 }
 
-/// Rows the CPU path sends through [`gemv`] (a decode step and its beams); more rows are faster
-/// through a dequantized f32 matmul.
-pub const GEMV_MAX_ROWS: usize = 8;
-
 /// Rows of x one pass over the weight serves (each block is decoded once for all of them).
 const ROW_GROUP: usize = 4;
 
-/// The four f32 lanes of one weight row's dot products with each row of `group` (portable code,
-/// [`block_fma`]).
+/// The four f32 lanes of one weight row's dot products with each of R rows of x (portable code,
+/// [`block_fma`]). R is a constant so that the rows' accumulators stay in registers.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]; ROW_GROUP] {
-    let mut acc = [[0f32; 4]; ROW_GROUP];
+#[inline(always)]
+fn row_group_dots<const R: usize>(
+    group: &[QRow; R],
+    wrow: &[u8],
+    wscales: &[f32],
+    bb: usize,
+    q8: bool,
+) -> [[f32; 4]; R] {
+    let mut acc = [[0f32; 4]; R];
     let mut wq = [0i16; BLOCK];
-    for (b, blk) in wrow.chunks_exact(bb).enumerate() {
-        let dw = block_quants(blk, q8, &mut wq);
+    for ((b, blk), &dw) in wrow.chunks_exact(bb).enumerate().zip(wscales) {
+        block_quants(blk, q8, &mut wq);
         for (a, xr) in acc.iter_mut().zip(group) {
-            if let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) {
-                block_fma(a, xb, &wq, dw * dx);
-            }
+            block_fma(a, &xr.q[b], &wq, dw * xr.d[b]);
         }
     }
     acc
@@ -268,11 +318,17 @@ fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]
 /// i16x8 (sign-extended bytes, or nibbles minus 8), each row adds four `i32x4.dot_i16x8_s` and
 /// one convert, multiply and add into its f32x4.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]; ROW_GROUP] {
+#[inline(always)]
+fn row_group_dots<const R: usize>(
+    group: &[QRow; R],
+    wrow: &[u8],
+    wscales: &[f32],
+    bb: usize,
+    q8: bool,
+) -> [[f32; 4]; R] {
     use core::arch::wasm32::*;
-    let mut acc = [f32x4_splat(0.0); ROW_GROUP];
-    for (b, blk) in wrow.chunks_exact(bb).enumerate() {
-        let dw = scale(blk);
+    let mut acc = [f32x4_splat(0.0); R];
+    for ((b, blk), &dw) in wrow.chunks_exact(bb).enumerate().zip(wscales) {
         let qs = &blk[2..];
         let wv: [v128; 4] = if q8 {
             let Some(q) = qs.first_chunk::<32>() else {
@@ -305,9 +361,7 @@ fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]
             ]
         };
         for (a, xr) in acc.iter_mut().zip(group) {
-            let (Some(xb), Some(&dx)) = (xr.q.get(b), xr.d.get(b)) else {
-                continue;
-            };
+            let (xb, dx) = (&xr.q[b], xr.d[b]);
             // SAFETY: `xb` is 32 i16 = four v128s
             let s = unsafe {
                 let p = xb.as_ptr() as *const v128;
@@ -336,7 +390,7 @@ fn row_group_dots(group: &[QRow], wrow: &[u8], bb: usize, q8: bool) -> [[f32; 4]
 }
 
 /// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`,
-/// the CPU path's quantized Linear for a decode step (any number of rows works): each row of x is
+/// the CPU path's quantized Linear for any number of rows: each row of x is
 /// rounded to 16-bit blocks ([`QRow`]), each weight block is multiplied into a group of rows in
 /// integers ([`block_fma`]), and the block sums are scaled by both blocks' scales into four f32
 /// lanes, summed in a fixed tree. The same bits on every platform; in wasm, 8 multiply-adds per instruction.
@@ -348,7 +402,17 @@ pub fn gemv(
     k: usize,
     dtype: DType,
 ) -> Result<Vec<f32>> {
-    gemv_split(x, rows, w, n, k, dtype, crate::cpu::pool_threads())
+    gemv_split(x, rows, w, n, k, dtype, gemv_threads())
+}
+
+/// Threads [`gemv`] splits the weight's rows over: the wasm pool's (none in the single-thread
+/// build), natively rayon's global pool.
+fn gemv_threads() -> usize {
+    if cfg!(target_arch = "wasm32") {
+        crate::cpu::pool_threads()
+    } else {
+        rayon::current_num_threads()
+    }
 }
 
 /// [`gemv`] with the weight's rows split into `threads` runs on the rayon pool (≤ 1: all on the
@@ -407,7 +471,8 @@ fn gemv_split(
     Ok(y)
 }
 
-/// `y [rows, n] = xq · wᵀ` for `n` weight rows of `row_bytes` each ([`gemv`]'s loop).
+/// `y [rows, n] = xq · wᵀ` for `n` weight rows of `row_bytes` each ([`gemv`]'s loop): groups of
+/// 4 rows of x (the last one 1–3), each against every weight row.
 fn gemv_into(
     xq: &[QRow],
     w: &[u8],
@@ -417,12 +482,41 @@ fn gemv_into(
     q8: bool,
     y: &mut [f32],
 ) {
-    for (g, group) in xq.chunks(ROW_GROUP).enumerate() {
-        for (j, wrow) in w.chunks_exact(row_bytes).enumerate() {
-            let acc = row_group_dots(group, wrow, bb, q8);
-            for (r, a) in acc.iter().take(group.len()).enumerate() {
-                y[(g * ROW_GROUP + r) * n + j] = lane_sum(a);
-            }
+    // the blocks' f16 scales widened once per call, not once per group of rows
+    let scales: Vec<f32> = w.chunks_exact(bb).map(scale).collect();
+    let mut g = 0;
+    while g < xq.len() {
+        let rest = &xq[g..];
+        let args = (g, w, &scales[..], n, row_bytes, bb, q8);
+        match rest.len() {
+            1 => group_into::<1>(rest, args, y),
+            2 => group_into::<2>(rest, args, y),
+            3 => group_into::<3>(rest, args, y),
+            _ => group_into::<ROW_GROUP>(rest, args, y),
+        }
+        g += rest.len().min(ROW_GROUP);
+    }
+}
+
+/// The first R rows of `rows` (rows `g..g + R` of y) against every weight row.
+#[inline(always)]
+fn group_into<const R: usize>(
+    rows: &[QRow],
+    (g, w, scales, n, row_bytes, bb, q8): (usize, &[u8], &[f32], usize, usize, usize, bool),
+    y: &mut [f32],
+) {
+    let Some(group) = rows.first_chunk::<R>() else {
+        return;
+    };
+    let bpr = row_bytes / bb;
+    for ((j, wrow), ws) in w
+        .chunks_exact(row_bytes)
+        .enumerate()
+        .zip(scales.chunks_exact(bpr))
+    {
+        let acc = row_group_dots(group, wrow, ws, bb, q8);
+        for (r, a) in acc.iter().enumerate() {
+            y[(g + r) * n + j] = lane_sum(a);
         }
     }
 }

@@ -10,9 +10,9 @@
 //!    hands each thread to a waiting worker (building blocks until all of them run, so it must
 //!    not happen before they are ready: the calling thread's event loop is what starts them).
 //!
-//! Only the CPU path's matmuls and dequantization run on the pool (`cpu::gemm_f32`,
+//! Only the CPU path's matmuls and dequantization run on the pool (`cpu::linear_f32`,
 //! `tensor::quant`): code that does not panic on checked shapes and allocates no more than a run's
-//! output and gemm's packing buffers. A trap on a pool thread (running out of memory) would still
+//! output. A trap on a pool thread (running out of memory) would still
 //! leave the engine's thread waiting for it forever, so `www/thread.js` reports one on the
 //! BroadcastChannel the page named (the glimpse worker's name) and the page replaces the worker.
 
