@@ -1,6 +1,7 @@
 //! The CPU path: the same ops on candle-core. Shapes were checked by `Tensor`; these functions
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply their quants
-//! by 16-bit activation blocks in integers (`quantized_linear`, `tensor::quant`). In wasm the f32 Linears run this
+//! by 16-bit activation blocks in integers (natively only for a few rows: many dequantize a slab
+//! at a time for candle's GEMM; `quantized_linear`, `tensor::quant`). In wasm the f32 Linears run this
 //! crate's own tiles (`gemm.rs`), natively candle's GEMM.
 //!
 //! Threads: natively candle's GEMM already uses every core. In wasm, candle sees one thread; the
@@ -141,18 +142,43 @@ pub(crate) fn linear(
     Tensor::from_candle(y.reshape(out_shape)?)
 }
 
+/// Rows a native quantized Linear multiplies in integers (`tensor::quant::gemv`: a decode step
+/// and its beams); more rows go through candle's f32 GEMM on the exact dequantized weight. In
+/// wasm every row count takes the integer kernel.
+const GEMV_MAX_ROWS: usize = 8;
+
 /// `x [R, K] · w [N, K]ᵀ` for ggml-block weights: the integer kernel of `tensor::quant::gemv`,
-/// which reads the weight in its blocks, for any number of rows — a decode step as an image.
-/// (Dequantizing the weight for an f32 GEMM was the many-row path until the f32 and integer
-/// kernels were timed side by side in Chromium: the integer one multiplies ~1.3× faster than the
-/// f32 tiles of `gemm.rs` at 35–197 rows and never expands the weight.) The same bits in wasm
-/// and natively, whatever the number of threads.
+/// which reads the weight in its blocks — in wasm for any number of rows, natively for a decode
+/// step. Natively an image or a prompt dequantizes the weight a slab of rows at a time for
+/// candle's GEMM instead (FMA, wide vectors: the integer kernel's portable code took 8× longer
+/// for CLIP's image). In Chromium, CLIP's q8_0 request on 2 threads took 521 ms through the
+/// integer kernel, 529 ms through `gemm.rs`'s f32 tiles on 3 weight rows at a time dequantized
+/// into a buffer, and 673 ms with the whole weight dequantized for gemm (fourth session,
+/// bench/README.md): dequantizing costs about what the integer kernel saves on multiplying.
 fn quantized_linear(x2: &CT, blocks: &[u8], w: &Tensor) -> Result<CT> {
     let (rows, k) = x2.dims2()?;
     let n = w.dim(0);
-    let x = x2.flatten_all()?.to_vec1::<f32>()?;
-    let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, w.dtype())?;
-    Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?)
+    let dtype = w.dtype();
+    if rows <= GEMV_MAX_ROWS || cfg!(target_arch = "wasm32") {
+        let x = x2.flatten_all()?.to_vec1::<f32>()?;
+        let y = crate::tensor::quant::gemv(&x, rows, blocks, n, k, dtype)?;
+        return Ok(CT::from_vec(y, (rows, n), &candle_core::Device::Cpu)?);
+    }
+    let row_bytes = blocks.len() / n.max(1);
+    // 2048 rows of f32 at a time (6 MiB for K = 768): the whole weight is never expanded
+    let slab = 2048;
+    let mut parts = Vec::new();
+    for chunk in blocks.chunks(slab * row_bytes.max(1)) {
+        let r = chunk.len() / row_bytes.max(1);
+        let deq = crate::tensor::quant::dequantize_blocks(chunk, dtype)?;
+        let wt = CT::from_vec(deq, (r, k), &candle_core::Device::Cpu)?;
+        parts.push(matmul_nt(x2, &wt)?);
+    }
+    Ok(if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        CT::cat(&parts, 1)?
+    })
 }
 
 pub(crate) fn binary(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
@@ -352,7 +378,8 @@ mod tests {
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
                 .collect();
             let c = CT::from_vec(v, dims.as_slice(), &dev).unwrap();
-            let ops: [&(dyn Fn(&CT) -> candle_core::Result<CT> + Sync); 3] = [
+            type RowOp<'a> = &'a (dyn Fn(&CT) -> candle_core::Result<CT> + Sync);
+            let ops: [RowOp; 3] = [
                 &softmax_rows,
                 &|c: &CT| c / ((c * -1.702)?.exp()? + 1.0)?,
                 &|c: &CT| c.gelu_erf(),

@@ -390,7 +390,8 @@ fn row_group_dots<const R: usize>(
 }
 
 /// `y[r, n] = Σ_k x[r, k] · w[n, k]` for a quantized `w [N, K]` (ggml blocks) and f32 `x [R, K]`,
-/// the CPU path's quantized Linear for any number of rows: each row of x is
+/// the CPU path's quantized Linear (in wasm for any number of rows, natively for a decode step):
+/// each row of x is
 /// rounded to 16-bit blocks ([`QRow`]), each weight block is multiplied into a group of rows in
 /// integers ([`block_fma`]), and the block sums are scaled by both blocks' scales into four f32
 /// lanes, summed in a fixed tree. The same bits on every platform; in wasm, 8 multiply-adds per instruction.
