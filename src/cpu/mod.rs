@@ -115,7 +115,7 @@ fn linear_f32(x: &CT, w: &CT, threads: usize) -> Result<CT> {
 /// `x [M, K] · w [N, K]ᵀ` for f32 operands: in wasm [`linear_f32`] (on the pool when one
 /// exists); natively candle's matmul (its GEMM has FMA, wide vectors and every core).
 fn matmul_nt(x: &CT, w: &CT) -> Result<CT> {
-    if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) || pool_threads() >= 2 {
+    if cfg!(target_arch = "wasm32") {
         linear_f32(x, w, pool_threads())
     } else {
         Ok(x.matmul(&w.t()?)?)
@@ -238,7 +238,7 @@ pub(crate) fn unary(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
 }
 
 pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Tensor::from_candle(rows_on_pool(x.candle("softmax")?, softmax_rows)?)
+    Tensor::from_candle(softmax(x.candle("softmax")?)?)
 }
 
 fn softmax(c: &CT) -> Result<CT> {

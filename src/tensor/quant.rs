@@ -147,8 +147,8 @@ fn dequantize_split(bytes: &[u8], q8: bool, threads: usize) -> Vec<f32> {
             dequantize_block(blk, q8, w);
         }
     };
-    // a many-row quantized Linear dequantizes its weight at every call: on the CPU path's pool
-    // (the threaded wasm build), one run of blocks per thread
+    // whole weights (a GGUF's q8_0 loaded as f32, a quantized tensor widened): on the CPU
+    // path's pool (the threaded wasm build), one run of blocks per thread
     if threads > 1 && nblocks >= 64 * threads {
         use rayon::prelude::*;
         let per = nblocks.div_ceil(threads);
