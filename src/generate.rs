@@ -20,6 +20,24 @@ pub trait Decoder {
     fn reorder(&mut self, rows: &[usize]) -> Result<()>;
 }
 
+/// A decoder whose state is one key/value cache per layer: it gives the logits of every new
+/// position, and [`Decoder`] follows (the last position's logits; beams reorder the caches).
+pub trait CachedDecoder {
+    /// Logits `[B, T, V]` of `ids [B][T]` fed after what the state has seen.
+    fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor>;
+    fn caches(&mut self) -> &mut Vec<crate::nn::KvCache>;
+}
+
+impl<T: CachedDecoder> Decoder for T {
+    fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        last_position(&self.forward_all(ids)?)
+    }
+
+    fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        crate::nn::reorder_caches(self.caches(), rows)
+    }
+}
+
 /// Logits of the last position: `[B, T, V] -> [B, V]`.
 pub fn last_position(logits: &Tensor) -> Result<Tensor> {
     let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use glimpse::generate::{generate, GenerateOptions};
+use glimpse::generate::{generate, CachedDecoder, GenerateOptions};
 use glimpse::image::{decode, ImageProcessorConfig};
 use glimpse::io::config::{parse, parse_config, GenerationConfig};
 use glimpse::io::stream::build_model;

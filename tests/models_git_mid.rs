@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::*;
-use glimpse::generate::{generate, EarlyStopping, GenerateOptions};
+use glimpse::generate::{generate, CachedDecoder, EarlyStopping, GenerateOptions};
 use glimpse::io::checkpoint::{random_checkpoint, Format};
 use glimpse::pipeline::{ModelFiles, Pipeline};
 use glimpse::DType;

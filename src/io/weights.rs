@@ -273,6 +273,14 @@ impl<'a> Vb<'a> {
         self.one(name, Use::plain(Role::F32, shape))
     }
 
+    /// An f32 tensor stored as `stored` and used as `shape` (same values, e.g. a class token
+    /// kept as `[D]` by one checkpoint and `[1, 1, D]` by another).
+    pub fn get_as(&self, name: &str, stored: &[usize], shape: &[usize]) -> Result<Tensor> {
+        let mut u = Use::plain(Role::F32, shape);
+        u.source_shape = stored.to_vec();
+        self.one(name, u)
+    }
+
     /// An embedding table `[V, D]`: f32 for f32 models, f16 otherwise (the gather kernel reads
     /// f32 and f16; half the bytes keeps GPT-2's 50257-row table under a 128 MiB binding).
     pub fn get_embedding(&self, name: &str, shape: &[usize]) -> Result<Tensor> {

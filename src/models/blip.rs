@@ -7,13 +7,11 @@
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::generate::Decoder;
+use crate::generate::CachedDecoder;
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{
-    check_pixels, merge_heads, split_heads, with_class_token, CrossKv, KvCache, LayerNorm, Linear,
-    SelfAttention,
-};
+use crate::nn::vision::{Stored, TowerDims, VisionEncoder, VisionGeometry, VisionSpec, BLIP_LAYER};
+use crate::nn::{merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear, TextEmbeddings};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,103 +111,35 @@ impl crate::io::config::HfConfig for BlipConfig {
 
 // ---------------------------------------------------------------- vision
 
-struct VisionLayer {
-    attn: SelfAttention,
-    ln1: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-    ln2: LayerNorm,
-    act: Activation,
-}
+/// Where BLIP's vision tower keeps its weights.
+const VISION: VisionSpec = VisionSpec {
+    who: "blip vision",
+    patch: "embeddings.patch_embedding",
+    patch_bias: true,
+    class: Some(("embeddings.class_embedding", Stored::Batched)),
+    positions: ("embeddings.position_embedding", Stored::Batched),
+    pre_norm: None,
+    layers: "encoder.layers",
+    layer: BLIP_LAYER,
+    final_norm: "post_layernorm",
+};
 
-impl VisionLayer {
-    fn new(vb: &Vb, c: &BlipVisionConfig) -> Result<Self> {
-        let d = c.hidden_size;
-        // the fused qkv Linear [3D, D] splits into q, k, v
-        let mut qkv = vb
-            .pp("self_attn")
-            .pp("qkv")
-            .linear_split(d, d, 3)?
-            .into_iter();
-        let mut next = || qkv.next().ok_or_else(|| Error::Weights("qkv split".into()));
-        Ok(VisionLayer {
-            attn: SelfAttention {
-                q: next()?,
-                k: next()?,
-                v: next()?,
-                out: Linear::new(&vb.pp("self_attn").pp("projection"), d, d)?,
-                heads: c.num_attention_heads,
-            },
-            ln1: LayerNorm::new(&vb.pp("layer_norm1"), d, c.layer_norm_eps)?,
-            fc1: Linear::new(&vb.pp("mlp").pp("fc1"), d, c.intermediate_size)?,
-            fc2: Linear::new(&vb.pp("mlp").pp("fc2"), c.intermediate_size, d)?,
-            ln2: LayerNorm::new(&vb.pp("layer_norm2"), d, c.layer_norm_eps)?,
-            act: c.hidden_act,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self
-            .attn
-            .forward_add(&self.ln1.forward(x)?, false, None, Some(x))?;
-        let h = self.fc1.forward_act(&self.ln2.forward(&x)?, self.act)?;
-        self.fc2.forward_add(&h, &x)
-    }
-}
-
-pub struct BlipVision {
-    class_embedding: Tensor,
-    patch_weight: Tensor,
-    patch_bias: Tensor,
-    position_embedding: Tensor,
-    layers: Vec<VisionLayer>,
-    post_layernorm: LayerNorm,
-    cfg: BlipVisionConfig,
-}
-
-impl BlipVision {
-    fn new(vb: &Vb, c: &BlipVisionConfig) -> Result<Self> {
-        let (d, p) = (c.hidden_size, c.patch_size);
-        if !c.image_size.is_multiple_of(p) {
-            return Err(Error::Config(format!(
-                "vision_config: image_size {} is not a multiple of patch_size {p}",
-                c.image_size
-            )));
-        }
-        let n = (c.image_size / p).pow(2);
-        let emb = vb.pp("embeddings");
-        Ok(BlipVision {
-            class_embedding: emb.get("class_embedding", &[1, 1, d])?,
-            // the conv weight [D, 3, P, P] is a Linear over flattened patches [D, 3·P·P]
-            patch_weight: emb.pp("patch_embedding").get_linear_weight_as(
-                "weight",
-                &[d, 3, p, p],
-                &[d, 3 * p * p],
-            )?,
-            patch_bias: emb.pp("patch_embedding").get("bias", &[d])?,
-            position_embedding: emb.get("position_embedding", &[1, n + 1, d])?,
-            layers: (0..c.num_hidden_layers)
-                .map(|i| VisionLayer::new(&vb.pp("encoder").pp("layers").pp(i), c))
-                .collect::<Result<_>>()?,
-            post_layernorm: LayerNorm::new(&vb.pp("post_layernorm"), d, c.layer_norm_eps)?,
-            cfg: c.clone(),
-        })
-    }
-
-    /// `pixels [B, 3, H, W]` -> image embeddings `[B, 1 + N, D]` (post-LayerNorm, every token).
-    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        check_pixels("blip vision", pixels, 3, self.cfg.image_size)?;
-        let patches = pixels.patch_embed(
-            &self.patch_weight,
-            Some(&self.patch_bias),
-            self.cfg.patch_size,
-        )?;
-        let mut x = with_class_token(&self.class_embedding, &patches, &self.position_embedding)?;
-        for layer in &self.layers {
-            x = layer.forward(&x)?;
-        }
-        self.post_layernorm.forward(&x)
-    }
+fn blip_vision(vb: &Vb, c: &BlipVisionConfig) -> Result<VisionEncoder> {
+    let geo = VisionGeometry {
+        image_size: c.image_size,
+        patch_size: c.patch_size,
+        channels: 3,
+        layers: c.num_hidden_layers,
+    };
+    let dims = TowerDims {
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        heads: c.num_attention_heads,
+        eps: c.layer_norm_eps,
+        act: c.hidden_act,
+        qkv_bias: true,
+    };
+    VisionEncoder::new(vb, &VISION, &geo, &dims)
 }
 
 // ---------------------------------------------------------------- text
@@ -319,9 +249,7 @@ impl TextLayer {
 
 /// BERT embeddings + layers (`BlipTextModel`).
 struct BlipText {
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    ln: LayerNorm,
+    embeddings: TextEmbeddings,
     layers: Vec<TextLayer>,
     cfg: BlipTextConfig,
 }
@@ -330,40 +258,24 @@ impl BlipText {
     fn new(vb: &Vb, c: &BlipTextConfig) -> Result<Self> {
         let emb = vb.pp("embeddings");
         Ok(BlipText {
-            word_embeddings: emb
-                .get_embedding("word_embeddings.weight", &[c.vocab_size, c.hidden_size])?,
-            position_embeddings: emb.get(
-                "position_embeddings.weight",
-                &[c.max_position_embeddings, c.hidden_size],
-            )?,
-            ln: LayerNorm::new(&emb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            embeddings: TextEmbeddings::new(
+                emb.get_embedding("word_embeddings.weight", &[c.vocab_size, c.hidden_size])?,
+                Some(emb.get(
+                    "position_embeddings.weight",
+                    &[c.max_position_embeddings, c.hidden_size],
+                )?),
+                Some(LayerNorm::new(
+                    &emb.pp("LayerNorm"),
+                    c.hidden_size,
+                    c.layer_norm_eps,
+                )?),
+                (c.max_position_embeddings, "max_position_embeddings"),
+            ),
             layers: (0..c.num_hidden_layers)
                 .map(|i| TextLayer::new(&vb.pp("encoder").pp("layer").pp(i), c))
                 .collect::<Result<_>>()?,
             cfg: c.clone(),
         })
-    }
-
-    fn embed(&self, ids: &[Vec<u32>], start: usize) -> Result<Tensor> {
-        let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
-        if start + t > self.cfg.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "the text is {} tokens long; this model's max_position_embeddings is {}",
-                start + t,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let device = self.word_embeddings.device();
-        let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let x = self.word_embeddings.lookup(&flat, &[b, t])?;
-        self.ln.forward(
-            &x.add(&self.position_embeddings.embedding(&Tensor::from_u32(
-                &pos,
-                &[t],
-                &device,
-            )?)?)?,
-        )
     }
 
     fn cross_kv(&self, states: &Tensor) -> Result<Vec<CrossKv>> {
@@ -417,7 +329,7 @@ impl BlipTextLm {
 /// Either BLIP head: captioning (decoder over the image) or VQA (encoder over the question,
 /// decoder over the encoded question).
 pub struct Blip {
-    vision: BlipVision,
+    vision: VisionEncoder,
     text_encoder: Option<BlipText>,
     text_decoder: BlipTextLm,
     pub cfg: BlipConfig,
@@ -432,7 +344,7 @@ impl Blip {
     /// `vqa`: BlipForQuestionAnswering (has `text_encoder`), else BlipForConditionalGeneration.
     pub fn new(vb: &Vb, cfg: &BlipConfig, vqa: bool) -> Result<Blip> {
         Ok(Blip {
-            vision: BlipVision::new(&vb.pp("vision_model"), &cfg.vision_config)?,
+            vision: blip_vision(&vb.pp("vision_model"), &cfg.vision_config)?,
             text_encoder: if vqa {
                 Some(BlipText::new(&vb.pp("text_encoder"), &cfg.text_config)?)
             } else {
@@ -466,7 +378,7 @@ impl Blip {
             Error::Invalid("this BLIP model captions; it has no question encoder".into())
         })?;
         let image_kv = enc.cross_kv(image)?;
-        let mut x = enc.embed(&[question_ids.to_vec()], 0)?;
+        let mut x = enc.embeddings.forward(&[question_ids.to_vec()], 0)?;
         for (layer, kv) in enc.layers.iter().zip(&image_kv) {
             x = layer.forward(&x, None, kv)?;
         }
@@ -482,7 +394,7 @@ impl Blip {
     /// A decoder state for up to `text` tokens (prompt and answer).
     pub fn decoder<'a>(&'a self, memory: &'a BlipMemory, text: usize) -> Result<BlipDecoder<'a>> {
         let c = &self.cfg.text_config;
-        let device = self.text_decoder.bert.word_embeddings.device();
+        let device = self.text_decoder.bert.embeddings.device();
         let caches = (0..c.num_hidden_layers)
             .map(|_| {
                 KvCache::new(
@@ -510,11 +422,15 @@ pub struct BlipDecoder<'a> {
     pos: usize,
 }
 
-impl BlipDecoder<'_> {
+impl CachedDecoder for BlipDecoder<'_> {
+    fn caches(&mut self) -> &mut Vec<KvCache> {
+        &mut self.caches
+    }
+
     /// Logits `[B, T, V]` of every new position.
-    pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+    fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let lm = &self.model.text_decoder;
-        let mut x = lm.bert.embed(ids, self.pos)?;
+        let mut x = lm.bert.embeddings.forward(ids, self.pos)?;
         for ((layer, cache), kv) in lm
             .bert
             .layers
@@ -526,15 +442,5 @@ impl BlipDecoder<'_> {
         }
         self.pos += ids.first().map_or(0, |r| r.len());
         lm.logits(&x)
-    }
-}
-
-impl Decoder for BlipDecoder<'_> {
-    fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        crate::generate::last_position(&self.forward_all(ids)?)
-    }
-
-    fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

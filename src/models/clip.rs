@@ -4,11 +4,12 @@
 
 use serde::Deserialize;
 
-use super::clip_vision::{ClipEncoderLayer, ClipVisionTransformer, VisionConfig};
+use super::clip_vision::{clip_vision, VisionConfig};
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{LayerNorm, Linear};
+use crate::nn::vision::{EncoderLayer, TowerDims, VisionEncoder, CLIP_LAYER};
+use crate::nn::{LayerNorm, Linear, TextEmbeddings};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,12 +72,11 @@ impl crate::io::config::HfConfig for ClipConfig {
 }
 
 pub struct Clip {
-    token_embedding: Tensor,
-    position_embedding: Tensor,
-    text_layers: Vec<ClipEncoderLayer>,
+    embeddings: TextEmbeddings,
+    text_layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
     text_projection: Linear,
-    vision: ClipVisionTransformer,
+    vision: VisionEncoder,
     visual_projection: Linear,
     /// exp(logit_scale)
     pub logit_scale: f32,
@@ -88,25 +88,30 @@ impl Clip {
         let t = &cfg.text_config;
         let tm = vb.pp("text_model");
         let scale = crate::io::weights::scalar(vb, "logit_scale")?;
+        let dims = TowerDims {
+            hidden: t.hidden_size,
+            intermediate: t.intermediate_size,
+            heads: t.num_attention_heads,
+            eps: t.layer_norm_eps,
+            act: t.hidden_act,
+            qkv_bias: true,
+        };
         Ok(Clip {
-            token_embedding: tm.get_embedding(
-                "embeddings.token_embedding.weight",
-                &[t.vocab_size, t.hidden_size],
-            )?,
-            position_embedding: tm.get(
-                "embeddings.position_embedding.weight",
-                &[t.max_position_embeddings, t.hidden_size],
-            )?,
+            embeddings: TextEmbeddings::new(
+                tm.get_embedding(
+                    "embeddings.token_embedding.weight",
+                    &[t.vocab_size, t.hidden_size],
+                )?,
+                Some(tm.get(
+                    "embeddings.position_embedding.weight",
+                    &[t.max_position_embeddings, t.hidden_size],
+                )?),
+                None,
+                (t.max_position_embeddings, "max_position_embeddings"),
+            ),
             text_layers: (0..t.num_hidden_layers)
                 .map(|i| {
-                    ClipEncoderLayer::new(
-                        &tm.pp("encoder").pp("layers").pp(i),
-                        t.hidden_size,
-                        t.intermediate_size,
-                        t.num_attention_heads,
-                        t.layer_norm_eps,
-                        t.hidden_act,
-                    )
+                    EncoderLayer::new(&tm.pp("encoder").pp("layers").pp(i), &CLIP_LAYER, &dims)
                 })
                 .collect::<Result<_>>()?,
             final_layer_norm: LayerNorm::new(
@@ -119,7 +124,7 @@ impl Clip {
                 t.hidden_size,
                 cfg.projection_dim,
             )?,
-            vision: ClipVisionTransformer::new(&vb.pp("vision_model"), &cfg.vision_config)?,
+            vision: clip_vision(&vb.pp("vision_model"), &cfg.vision_config)?,
             visual_projection: Linear::no_bias(
                 &vb.pp("visual_projection"),
                 cfg.vision_config.hidden_size,
@@ -132,12 +137,12 @@ impl Clip {
 
     /// Projected image embedding `[B, P]` (not normalized) of `pixels [B, 3, H, W]`.
     pub fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.vision.forward(pixels)?;
+        let x = self.vision.forward_unnormed(pixels)?;
         let (b, d) = (x.dim(0), x.dim(2));
         // class token: (B, 1 + N, D) -> (B, D)
         let cls = x.narrow(1, 0, 1)?.reshape(&[b, d])?;
         self.visual_projection
-            .forward(&self.vision.post_layernorm.forward(&cls)?)
+            .forward(&self.vision.final_norm.forward(&cls)?)
     }
 
     /// Projected text embeddings `[B, P]` of padded `ids [B][T]` with `mask` (1 = token, 0 = pad).
@@ -150,15 +155,8 @@ impl Clip {
                 t.max_position_embeddings
             )));
         }
-        let device = self.token_embedding.device();
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let pos: Vec<u32> = (0..len as u32).collect();
-        // (B, T, D) + (T, D)
-        let mut x = self.token_embedding.lookup(&flat, &[b, len])?.add(
-            &self
-                .position_embedding
-                .embedding(&Tensor::from_u32(&pos, &[len], &device)?)?,
-        )?;
+        let device = self.embeddings.device();
+        let mut x = self.embeddings.forward(ids, 0)?;
         // padding keys are masked for every query: (B, T, T)
         let mut add_mask = vec![0f32; b * len * len];
         for (r, m) in mask.iter().enumerate() {

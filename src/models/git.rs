@@ -6,12 +6,13 @@
 
 use serde::Deserialize;
 
-use super::clip_vision::{ClipVisionTransformer, VisionConfig};
+use super::clip_vision::{clip_vision, VisionConfig};
 use crate::error::{Error, Result};
-use crate::generate::Decoder;
+use crate::generate::CachedDecoder;
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{merge_heads, split_heads, KvCache, LayerNorm, Linear};
+use crate::nn::vision::VisionEncoder;
+use crate::nn::{merge_heads, split_heads, KvCache, LayerNorm, Linear, TextEmbeddings};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,10 +131,8 @@ impl GitLayer {
 }
 
 pub struct Git {
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    embeddings_ln: LayerNorm,
-    vision: ClipVisionTransformer,
+    embeddings: TextEmbeddings,
+    vision: VisionEncoder,
     projection: Linear,
     projection_ln: LayerNorm,
     layers: Vec<GitLayer>,
@@ -168,13 +167,16 @@ impl Git {
             }
         };
         Ok(Git {
-            word_embeddings: emb.get_embedding("word_embeddings.weight", &[cfg.vocab_size, d])?,
-            position_embeddings: emb.get(
-                "position_embeddings.weight",
-                &[cfg.max_position_embeddings, d],
-            )?,
-            embeddings_ln: LayerNorm::new(&emb.pp("LayerNorm"), d, cfg.layer_norm_eps)?,
-            vision: ClipVisionTransformer::new(
+            embeddings: TextEmbeddings::new(
+                emb.get_embedding("word_embeddings.weight", &[cfg.vocab_size, d])?,
+                Some(emb.get(
+                    "position_embeddings.weight",
+                    &[cfg.max_position_embeddings, d],
+                )?),
+                Some(LayerNorm::new(&emb.pp("LayerNorm"), d, cfg.layer_norm_eps)?),
+                (cfg.max_position_embeddings, "max_position_embeddings"),
+            ),
+            vision: clip_vision(
                 &g.pp("image_encoder").pp("vision_model"),
                 &cfg.vision_config,
             )?,
@@ -195,7 +197,6 @@ impl Git {
     /// `pixels [1, 3, H, W]` -> projected visual features `[1, Ni, D]`.
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.vision.forward(pixels)?;
-        let x = self.vision.post_layernorm.forward(&x)?;
         self.projection_ln.forward(&self.projection.forward(&x)?)
     }
 
@@ -234,27 +235,6 @@ impl Git {
             text_len: 0,
         })
     }
-
-    /// Text embeddings of `ids [B][T]` at positions `start..start+T`.
-    fn embed(&self, ids: &[Vec<u32>], start: usize) -> Result<Tensor> {
-        let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
-        if start + t > self.cfg.max_position_embeddings {
-            return Err(Error::Invalid(format!(
-                "the text is {} tokens long; this model's max_position_embeddings is {}",
-                start + t,
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let device = self.word_embeddings.device();
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let words = self.word_embeddings.lookup(&flat, &[b, t])?;
-        let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        let positions =
-            self.position_embeddings
-                .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?;
-        // (B, T, D) + (T, D)
-        self.embeddings_ln.forward(&words.add(&positions)?)
-    }
 }
 
 /// Generation state of GIT: per-layer caches holding [image ; text so far].
@@ -264,24 +244,18 @@ pub struct GitDecoder<'a> {
     text_len: usize,
 }
 
-impl GitDecoder<'_> {
+impl CachedDecoder for GitDecoder<'_> {
+    fn caches(&mut self) -> &mut Vec<KvCache> {
+        &mut self.caches
+    }
+
     /// Logits of every new position: `ids [B][T]` -> `[B, T, V]`.
-    pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        let mut x = self.model.embed(ids, self.text_len)?;
+    fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+        let mut x = self.model.embeddings.forward(ids, self.text_len)?;
         for (layer, cache) in self.model.layers.iter().zip(self.caches.iter_mut()) {
             x = layer.forward(&x, cache, true)?;
         }
         self.text_len += ids.first().map_or(0, |r| r.len());
         self.model.output.forward(&x)
-    }
-}
-
-impl Decoder for GitDecoder<'_> {
-    fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        crate::generate::last_position(&self.forward_all(ids)?)
-    }
-
-    fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::{merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear};
+use crate::nn::{merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear, TextEmbeddings};
 use crate::tensor::{AttentionOpts, Tensor};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,12 +53,24 @@ impl crate::io::config::HfConfig for Gpt2Config {
     }
 }
 
+/// A block's cross-attention over encoder states (`ln_cross_attn`, `crossattention.*`).
+struct CrossAttention {
+    ln: LayerNorm,
+    /// `q_attn`
+    q: Linear,
+    /// `c_attn`, split into k and v
+    k: Linear,
+    v: Linear,
+    /// `c_proj`
+    out: Linear,
+}
+
 struct Block {
     ln_1: LayerNorm,
     /// c_attn: q, k and v in one Linear `[3·D, D]` (split into heads by one kernel)
     qkv: Linear,
     c_proj: Linear,
-    cross: Option<(LayerNorm, Linear, Linear, Linear, Linear)>,
+    cross: Option<CrossAttention>,
     ln_2: LayerNorm,
     c_fc: Linear,
     mlp_proj: Linear,
@@ -79,21 +91,17 @@ impl Block {
         let cross = if c.add_cross_attention {
             let ca = vb.pp("crossattention");
             let mut kv = ca.pp("c_attn").conv1d_split(d, d, 2)?.into_iter();
-            let ck = kv
-                .next()
-                .ok_or_else(|| Error::Weights("crossattention.c_attn split".into()))?;
-            let cv = kv
-                .next()
-                .ok_or_else(|| Error::Weights("crossattention.c_attn split".into()))?;
-            let cq = ca.pp("q_attn").conv1d_split(d, d, 1)?.remove(0);
-            let cp = ca.pp("c_proj").conv1d_split(d, d, 1)?.remove(0);
-            Some((
-                LayerNorm::new(&vb.pp("ln_cross_attn"), d, c.layer_norm_epsilon)?,
-                cq,
-                ck,
-                cv,
-                cp,
-            ))
+            let mut next = || {
+                kv.next()
+                    .ok_or_else(|| Error::Weights("crossattention.c_attn split".into()))
+            };
+            Some(CrossAttention {
+                ln: LayerNorm::new(&vb.pp("ln_cross_attn"), d, c.layer_norm_epsilon)?,
+                q: ca.pp("q_attn").conv1d_split(d, d, 1)?.remove(0),
+                k: next()?,
+                v: next()?,
+                out: ca.pp("c_proj").conv1d_split(d, d, 1)?.remove(0),
+            })
         } else {
             None
         };
@@ -121,15 +129,15 @@ impl Block {
     }
 
     fn cross_kv(&self, enc: &Tensor) -> Result<CrossKv> {
-        let Some((_, _, ck, cv, _)) = &self.cross else {
+        let Some(cross) = &self.cross else {
             return Err(Error::Config(
                 "the decoder has no cross-attention (add_cross_attention is false)".into(),
             ));
         };
         // (B, Ne, D) -> (B, H, Ne, Dh)
         Ok(CrossKv {
-            k: split_heads(&ck.forward(enc)?, self.heads)?,
-            v: split_heads(&cv.forward(enc)?, self.heads)?,
+            k: split_heads(&cross.k.forward(enc)?, self.heads)?,
+            v: split_heads(&cross.v.forward(enc)?, self.heads)?,
         })
     }
 
@@ -145,8 +153,8 @@ impl Block {
         };
         let a = Tensor::attention(&q, &cache.k, &cache.v, &opts)?;
         let mut x = self.c_proj.forward_add(&merge_heads(&a)?, x)?;
-        if let (Some((ln, cq, _, _, cp)), Some(kv)) = (&self.cross, cross) {
-            let q = split_heads(&cq.forward(&ln.forward(&x)?)?, self.heads)?;
+        if let (Some(ca), Some(kv)) = (&self.cross, cross) {
+            let q = split_heads(&ca.q.forward(&ca.ln.forward(&x)?)?, self.heads)?;
             let a = Tensor::attention(
                 &q,
                 &kv.k,
@@ -156,7 +164,7 @@ impl Block {
                     ..Default::default()
                 },
             )?;
-            x = cp.forward_add(&merge_heads(&a)?, &x)?;
+            x = ca.out.forward_add(&merge_heads(&a)?, &x)?;
         }
         let h = self.c_fc.forward_act(&self.ln_2.forward(&x)?, self.act)?;
         self.mlp_proj.forward_add(&h, &x)
@@ -164,8 +172,7 @@ impl Block {
 }
 
 pub struct Gpt2 {
-    wte: Tensor,
-    wpe: Tensor,
+    embeddings: TextEmbeddings,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
@@ -185,8 +192,12 @@ impl Gpt2 {
             Linear::no_bias(&t.pp("wte"), d, v)?
         };
         Ok(Gpt2 {
-            wte,
-            wpe: t.get("wpe.weight", &[cfg.n_positions, d])?,
+            embeddings: TextEmbeddings::new(
+                wte,
+                Some(t.get("wpe.weight", &[cfg.n_positions, d])?),
+                None,
+                (cfg.n_positions, "n_positions"),
+            ),
             blocks: (0..cfg.n_layer)
                 .map(|i| Block::new(&t.pp("h").pp(i), cfg))
                 .collect::<Result<_>>()?,
@@ -202,7 +213,7 @@ impl Gpt2 {
     }
 
     pub fn cfg_device(&self) -> crate::Device {
-        self.wte.device()
+        self.embeddings.device()
     }
 
     /// Empty caches for `capacity` positions (they grow if a request needs more).
@@ -227,26 +238,7 @@ impl Gpt2 {
         caches: &mut [KvCache],
         cross: Option<&[CrossKv]>,
     ) -> Result<Tensor> {
-        let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
-        if start + t > self.cfg.n_positions {
-            return Err(Error::Invalid(format!(
-                "the text is {} tokens long; this decoder's n_positions is {}",
-                start + t,
-                self.cfg.n_positions
-            )));
-        }
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let device = self.wte.device();
-        let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
-        // (B, T, D) + (T, D)
-        let mut x =
-            self.wte
-                .lookup(&flat, &[b, t])?
-                .add(
-                    &self
-                        .wpe
-                        .embedding(&Tensor::from_u32(&pos, &[t], &device)?)?,
-                )?;
+        let mut x = self.embeddings.forward(ids, start)?;
         for (i, (block, cache)) in self.blocks.iter().zip(caches.iter_mut()).enumerate() {
             x = block.forward(&x, cache, cross.and_then(|c| c.get(i)))?;
         }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::gpt2::{Gpt2, Gpt2Config};
 use super::vit::{Vit, VitConfig};
 use crate::error::{Error, Result};
-use crate::generate::Decoder;
+use crate::generate::CachedDecoder;
 use crate::io::config::config_from_value;
 use crate::io::Vb;
 use crate::nn::{CrossKv, KvCache, Linear};
@@ -135,24 +135,18 @@ pub struct VedDecoder<'a> {
     pos: usize,
 }
 
-impl VedDecoder<'_> {
+impl CachedDecoder for VedDecoder<'_> {
+    fn caches(&mut self) -> &mut Vec<KvCache> {
+        &mut self.caches
+    }
+
     /// Logits `[B, T, V]` of every new position.
-    pub fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
+    fn forward_all(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let logits =
             self.model
                 .decoder
                 .forward(ids, self.pos, &mut self.caches, Some(self.cross))?;
         self.pos += ids.first().map_or(0, |r| r.len());
         Ok(logits)
-    }
-}
-
-impl Decoder for VedDecoder<'_> {
-    fn forward(&mut self, ids: &[Vec<u32>]) -> Result<Tensor> {
-        crate::generate::last_position(&self.forward_all(ids)?)
-    }
-
-    fn reorder(&mut self, rows: &[usize]) -> Result<()> {
-        crate::nn::reorder_caches(&mut self.caches, rows)
     }
 }

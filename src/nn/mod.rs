@@ -1,6 +1,8 @@
 //! Building blocks shared by the models, each loaded from its checkpoint path.
 
-use crate::error::Result;
+pub mod vision;
+
+use crate::error::{Error, Result};
 use crate::io::config::Activation;
 use crate::io::Vb;
 use crate::tensor::Tensor;
@@ -34,6 +36,72 @@ impl Linear {
     /// `residual + self(x)`, fused on the GPU (a transformer block's residual connection).
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         x.linear_fused(&self.weight, self.bias.as_ref(), None, Some(residual))
+    }
+}
+
+/// Token embeddings, plus learned absolute positions and a LayerNorm where the model has them:
+/// GPT-2 (`wte` + `wpe`), BERT-style towers (GIT, BLIP: words + positions, LayerNorm), CLIP's
+/// text tower, Llama (tokens only; its positions are rotary, inside attention).
+pub struct TextEmbeddings {
+    /// `[V, D]`, f32 or f16 (see [`Vb::get_embedding`])
+    pub words: Tensor,
+    /// `[P, D]`
+    positions: Option<Tensor>,
+    norm: Option<LayerNorm>,
+    /// the most positions a text may take, and the config field that says so (for errors)
+    limit: (usize, &'static str),
+}
+
+impl TextEmbeddings {
+    pub fn new(
+        words: Tensor,
+        positions: Option<Tensor>,
+        norm: Option<LayerNorm>,
+        limit: (usize, &'static str),
+    ) -> TextEmbeddings {
+        TextEmbeddings {
+            words,
+            positions,
+            norm,
+            limit,
+        }
+    }
+
+    pub fn device(&self) -> crate::Device {
+        self.words.device()
+    }
+
+    /// The most positions a text may take.
+    pub fn max_positions(&self) -> usize {
+        self.limit.0
+    }
+
+    /// Embeddings `[B, T, D]` of `ids [B][T]` (rows of one length) at positions `start..start+T`.
+    pub fn forward(&self, ids: &[Vec<u32>], start: usize) -> Result<Tensor> {
+        let (b, t) = (ids.len(), ids.first().map_or(0, |r| r.len()));
+        if ids.iter().any(|r| r.len() != t) {
+            return Err(Error::Invalid(
+                "the rows of a batch of texts must have one length".into(),
+            ));
+        }
+        let (max, field) = self.limit;
+        if start + t > max {
+            return Err(Error::Invalid(format!(
+                "the text is {} tokens long; this model's {field} is {max}",
+                start + t
+            )));
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let mut x = self.words.lookup(&flat, &[b, t])?;
+        if let Some(table) = &self.positions {
+            let pos: Vec<u32> = (start..start + t).map(|p| p as u32).collect();
+            // (B, T, D) + (T, D)
+            x = x.add(&table.embedding(&Tensor::from_u32(&pos, &[t], &self.device())?)?)?;
+        }
+        match &self.norm {
+            Some(ln) => ln.forward(&x),
+            None => Ok(x),
+        }
     }
 }
 
@@ -213,13 +281,6 @@ impl SelfAttention {
             None => self.out.forward(&a),
         }
     }
-}
-
-/// ViT-style embeddings: `[cls ; patches] + positions`, with `cls [1, 1, D]` repeated over the
-/// batch of `patches [B, N, D]` and `positions [(1,) 1 + N, D]` broadcast.
-pub fn with_class_token(cls: &Tensor, patches: &Tensor, positions: &Tensor) -> Result<Tensor> {
-    let cls: Vec<&Tensor> = (0..patches.dim(0)).map(|_| cls).collect();
-    Tensor::cat(&[&Tensor::cat(&cls, 0)?, patches], 1)?.add(positions)
 }
 
 /// Checks that `pixels` is `[B, channels, size, size]`.
