@@ -4,6 +4,7 @@
 //! center crop, rescale, normalize. Output: f32 `[3, H, W]`.
 
 pub mod resample;
+pub mod tiles;
 
 use std::io::Cursor;
 
@@ -20,6 +21,8 @@ pub struct SizeSpec {
     pub height: Option<usize>,
     pub width: Option<usize>,
     pub shortest_edge: Option<usize>,
+    /// Idefics3's `size` and `max_image_size`
+    pub longest_edge: Option<usize>,
 }
 
 /// The fields of preprocessor_config.json that decide the pixels (Hugging Face names).
@@ -30,7 +33,7 @@ pub struct ImageProcessorConfig {
     #[serde(default = "yes")]
     pub do_resize: bool,
     pub size: Option<SizeSpec>,
-    /// Pillow filter number: 0 nearest, 2 bilinear, 3 bicubic
+    /// Pillow filter number: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic
     #[serde(default = "bicubic")]
     pub resample: u32,
     #[serde(default)]
@@ -48,6 +51,12 @@ pub struct ImageProcessorConfig {
     pub image_std: Vec<f32>,
     #[serde(default = "yes")]
     pub do_convert_rgb: bool,
+    /// Idefics3: cut the image into `max_image_size` tiles plus a global view ([`tiles`])
+    #[serde(default)]
+    pub do_image_splitting: bool,
+    /// Idefics3: the side of one tile (`{"longest_edge": 512}`)
+    #[serde(default)]
+    pub max_image_size: Option<SizeSpec>,
 }
 
 fn yes() -> bool {
@@ -97,7 +106,7 @@ pub const MAX_ASPECT_RATIO: usize = 200;
 
 /// Checks the size a preprocessing step would produce against [`MAX_OUTPUT_SIDE`] and
 /// [`MAX_OUTPUT_PIXELS`] before it is allocated.
-fn check_output(step: &str, w: usize, h: usize, ow: usize, oh: usize) -> Result<()> {
+pub(crate) fn check_output(step: &str, w: usize, h: usize, ow: usize, oh: usize) -> Result<()> {
     let pixels = ow.checked_mul(oh).filter(|&n| n <= MAX_OUTPUT_PIXELS);
     if pixels.is_none() || ow > MAX_OUTPUT_SIDE || oh > MAX_OUTPUT_SIDE {
         return Err(Error::Image(format!(
@@ -225,6 +234,15 @@ fn class_defaults(class: &str) -> Option<(&'static str, bool)> {
                 "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": true}"#,
             true,
         ),
+        // the same defaults for SmolVLM's class (SmolVLMImageProcessor)
+        "Idefics3ImageProcessor" | "SmolVLMImageProcessor" => (
+            r#"{"do_resize": true, "size": {"longest_edge": 1456}, "resample": 1,
+                "do_image_splitting": true, "max_image_size": {"longest_edge": 364},
+                "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                "do_convert_rgb": true}"#,
+            false,
+        ),
         _ => return None,
     })
 }
@@ -236,6 +254,8 @@ fn class_of_model(model_type: &str) -> &'static str {
         "git" | "clip" => "CLIPImageProcessor",
         "blip" => "BlipImageProcessor",
         "vit" | "vision-encoder-decoder" => "ViTImageProcessor",
+        "idefics3" => "Idefics3ImageProcessor",
+        "smolvlm" => "SmolVLMImageProcessor",
         _ => "",
     }
 }
@@ -306,7 +326,7 @@ impl ImageProcessorConfig {
         }
         if Filter::from_pil(cfg.resample).is_none() {
             return Err(Error::Config(format!(
-                "preprocessor_config.json: resample = {} is not supported (0 nearest, 2 bilinear, 3 bicubic)",
+                "preprocessor_config.json: resample = {} is not supported (0 nearest, 1 lanczos, 2 bilinear, 3 bicubic)",
                 cfg.resample
             )));
         }
@@ -386,6 +406,13 @@ impl ImageProcessorConfig {
         }
         // without a resize or a crop the tensor has the decoded image's size
         check_output("preprocessing", w, h, w, h)?;
+        Ok(self.normalize(&data, w, h))
+    }
+}
+
+impl ImageProcessorConfig {
+    /// Rescale and normalize an 8-bit RGB image into `[3, h, w]` pixels.
+    pub(crate) fn normalize(&self, data: &[u8], w: usize, h: usize) -> Pixels {
         let scale = if self.do_rescale {
             self.rescale_factor
         } else {
@@ -404,11 +431,11 @@ impl ImageProcessorConfig {
                 out[c * h * w + i] = (x - mean) / std;
             }
         }
-        Ok(Pixels {
+        Pixels {
             height: h,
             width: w,
             data: out,
-        })
+        }
     }
 }
 

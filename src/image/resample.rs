@@ -9,15 +9,18 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
     Nearest,
+    Lanczos,
     Bilinear,
     Bicubic,
 }
 
 impl Filter {
-    /// 0 NEAREST, 2 BILINEAR, 3 BICUBIC (Pillow's numbering); others are not supported.
+    /// 0 NEAREST, 1 LANCZOS, 2 BILINEAR, 3 BICUBIC (Pillow's numbering); others are not
+    /// supported.
     pub fn from_pil(code: u32) -> Option<Filter> {
         match code {
             0 => Some(Filter::Nearest),
+            1 => Some(Filter::Lanczos),
             2 => Some(Filter::Bilinear),
             3 => Some(Filter::Bicubic),
             _ => None,
@@ -27,28 +30,46 @@ impl Filter {
     fn support(self) -> f64 {
         match self {
             Filter::Nearest => 0.0,
+            Filter::Lanczos => 3.0,
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
         }
     }
 
     fn eval(self, x: f64) -> f64 {
-        let x = x.abs();
+        // Pillow's filters (Resample.c); all but lanczos are symmetric
+        let ax = x.abs();
         match self {
+            // sinc(x)·sinc(x/3) on [-3, 3), as lanczos_filter (not symmetric at ±3)
+            Filter::Lanczos => {
+                let sinc = |x: f64| {
+                    if x == 0.0 {
+                        1.0
+                    } else {
+                        let x = x * std::f64::consts::PI;
+                        x.sin() / x
+                    }
+                };
+                if (-3.0..3.0).contains(&x) {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
             Filter::Nearest => 0.0,
             Filter::Bilinear => {
-                if x < 1.0 {
-                    1.0 - x
+                if ax < 1.0 {
+                    1.0 - ax
                 } else {
                     0.0
                 }
             }
             Filter::Bicubic => {
                 const A: f64 = -0.5;
-                if x < 1.0 {
-                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-                } else if x < 2.0 {
-                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                if ax < 1.0 {
+                    ((A + 2.0) * ax - (A + 3.0)) * ax * ax + 1.0
+                } else if ax < 2.0 {
+                    (((ax - 5.0) * ax + 8.0) * ax - 4.0) * A
                 } else {
                     0.0
                 }

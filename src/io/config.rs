@@ -80,7 +80,8 @@ impl<'a> Checks<'a> {
         Checks { file, prefix }
     }
 
-    fn err(&self, field: &str, msg: String) -> Error {
+    /// The error for `field` (its file and prefix named), with `msg` after the name.
+    pub fn err(&self, field: &str, msg: String) -> Error {
         Error::Config(format!("{}: {}{field} {msg}", self.file, self.prefix))
     }
 
@@ -255,7 +256,9 @@ pub struct GenerationConfig {
     pub no_repeat_ngram_size: Option<usize>,
 }
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<u32>, D::Error> {
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<u32>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

@@ -18,6 +18,9 @@ pub const META_FILES: &[&str] = &[
     "vocab.txt",
     "vocab.json",
     "merges.txt",
+    "chat_template.json",
+    "chat_template.jinja",
+    "processor_config.json",
 ];
 
 /// Weight files in the order glimpse prefers them: safetensors, then PyTorch's format.

@@ -1,5 +1,6 @@
 //! Reading models: weights (safetensors, GGUF), configs, tokenizers.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod files;

@@ -5,5 +5,7 @@ pub mod clip;
 pub mod clip_vision;
 pub mod git;
 pub mod gpt2;
+pub mod idefics3;
+pub mod llama;
 pub mod vision_encoder_decoder;
 pub mod vit;

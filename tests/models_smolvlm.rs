@@ -1,0 +1,205 @@
+//! SmolVLM (Idefics3) against Hugging Face transformers on the committed tiny checkpoint
+//! (tools/make_smolvlm_fixture.py): the processor's tiles, pixels, prompt text and ids; the
+//! connector's image tokens; the logits of a one-turn and a two-turn conversation and their
+//! greedy ids, the second turn resuming the first turn's caches; on the CPU and on the GPU.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use glimpse::generate::{generate, GenerateOptions};
+use glimpse::image::tiles::expand_images;
+use glimpse::image::{decode, ImageProcessorConfig};
+use glimpse::io::chat::{ChatTemplate, Message};
+use glimpse::io::config::{parse, parse_config, GenerationConfig};
+use glimpse::io::stream::build_model;
+use glimpse::io::tokenizer::Tokenizer;
+use glimpse::models::idefics3::{Idefics3, Idefics3Config};
+use glimpse::{DType, Device, Tensor};
+
+struct Fixture {
+    weights: Vec<u8>,
+    cfg: Idefics3Config,
+    gen: GenerationConfig,
+    proc: ImageProcessorConfig,
+    template: ChatTemplate,
+    tokenizer: Tokenizer,
+    reference: serde_json::Value,
+}
+
+fn load() -> Fixture {
+    let dir = fixture("smolvlm");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let mut meta = BTreeMap::new();
+    meta.insert(
+        "chat_template.json".to_string(),
+        read("chat_template.json").into_bytes(),
+    );
+    Fixture {
+        weights: std::fs::read(dir.join("model.safetensors")).unwrap(),
+        cfg: parse_config("config.json", &read("config.json")).unwrap(),
+        gen: parse("generation_config.json", &read("generation_config.json")).unwrap(),
+        proc: ImageProcessorConfig::from_json(&read("preprocessor_config.json")).unwrap(),
+        template: ChatTemplate::from_files(&meta).unwrap().unwrap(),
+        tokenizer: Tokenizer::from_bytes(read("tokenizer.json").as_bytes()).unwrap(),
+        reference: read_json(&dir.join("reference.json")),
+    }
+}
+
+/// The tiles `[N, 3, T, T]` and (rows, cols) of a fixture image, through glimpse's processor.
+fn tiles(proc: &ImageProcessorConfig, name: &str) -> (Vec<f32>, usize, usize, usize) {
+    let bytes = std::fs::read(fixture("images").join(format!("{name}.png"))).unwrap();
+    let t = proc.preprocess_tiles(&decode(&bytes).unwrap()).unwrap();
+    let data: Vec<f32> = t.frames.iter().flat_map(|p| p.data.clone()).collect();
+    (data, t.frames.len(), t.rows, t.cols)
+}
+
+/// The prompt ids of `messages` over an image of `rows × cols` tiles, checked on the way
+/// against the reference's rendered and expanded text.
+fn prompt_ids(
+    f: &Fixture,
+    messages: &[Message],
+    grid: (usize, usize),
+    turn: &serde_json::Value,
+) -> Vec<u32> {
+    let text = f.template.render(messages, true, &BTreeMap::new()).unwrap();
+    assert_eq!(text, turn["prompt_text"].as_str().unwrap());
+    let expanded = expand_images(&text, &[grid], f.cfg.image_seq_len()).unwrap();
+    if let Some(want) = turn.get("expanded_text") {
+        assert_eq!(expanded, want.as_str().unwrap());
+    }
+    let ids = f.tokenizer.encode(&expanded, true).unwrap();
+    assert_eq!(ids, u32s(&turn["input_ids"]));
+    ids
+}
+
+#[test]
+fn processor_matches_transformers() {
+    let f = load();
+    let mut no_split = f.proc.clone();
+    no_split.do_image_splitting = false;
+    let cases = f.reference["images"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, e)| (n.clone(), e, &f.proc))
+        .chain(
+            f.reference["no_split"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(n, e)| (n.clone(), e, &no_split)),
+        )
+        .collect::<Vec<_>>();
+    for (name, entry, proc) in cases {
+        let (data, n, rows, cols) = tiles(proc, &name);
+        assert_eq!(
+            (rows, cols),
+            (
+                entry["rows"].as_u64().unwrap() as usize,
+                entry["cols"].as_u64().unwrap() as usize
+            ),
+            "{name}"
+        );
+        let shape: Vec<usize> = entry["pixel_values_shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "{name}: {shape:?} vs {n} tiles"
+        );
+        // the reference is rounded to 7 digits; glimpse computes the same f32 pixels
+        let d = max_abs_diff(&data, &f32s(&entry["pixel_values"])).0;
+        assert!(d < 1e-6, "{name}: pixels differ by {d}");
+        let msgs = vec![Message::user_with_image(
+            f.reference["question"].as_str().unwrap(),
+        )];
+        prompt_ids(&f, &msgs, (rows, cols), &entry["turn1"]);
+    }
+}
+
+/// Per device: (worst image-token diff, worst logit diff, greedy runs equal, runs).
+fn run(f: &Fixture, d: &Device, dtype: DType) -> (f32, f32, usize, usize) {
+    let model = build_model(&[("model.safetensors", &f.weights)], d, dtype, |vb| {
+        Idefics3::new(vb, &f.cfg)
+    })
+    .unwrap();
+    let mut opts = GenerateOptions::from_config(&f.gen);
+    opts.max_new_tokens = f.reference["config"]["max_new_tokens"].as_u64().unwrap() as usize;
+    let (mut img_diff, mut logit_diff, mut ok, mut runs) = (0f32, 0f32, 0, 0);
+    for (name, entry) in f.reference["images"].as_object().unwrap() {
+        let (data, n, rows, cols) = tiles(&f.proc, name);
+        let t = f.cfg.vision_config.image_size;
+        let pixels = Tensor::from_f32(&data, &[n, 3, t, t], d).unwrap();
+        let image = model.encode_image(&pixels).unwrap();
+        img_diff =
+            img_diff.max(max_abs_diff(&read(&image), &f32s(&entry["image_hidden_states"])).0);
+
+        let mut state = None;
+        for (turn, msgs) in [
+            (
+                "turn1",
+                vec![Message::user_with_image(
+                    f.reference["question"].as_str().unwrap(),
+                )],
+            ),
+            (
+                "turn2",
+                serde_json::from_value(entry["turn2"]["messages"].clone()).unwrap(),
+            ),
+        ] {
+            let want = &entry[turn];
+            let ids = prompt_ids(f, &msgs, (rows, cols), want);
+            // the prompt's last logits, through a decoder that resumes the conversation
+            let mut dec = model.decoder(&image, state.take()).unwrap();
+            let logits =
+                glimpse::generate::Decoder::forward(&mut dec, std::slice::from_ref(&ids)).unwrap();
+            logit_diff =
+                logit_diff.max(max_abs_diff(&read(&logits), &f32s(&want["last_logits"])).0);
+            let state_after_prompt = dec.into_state();
+            // greedy generation resumes the same caches (the prompt is now wholly cached)
+            let mut dec = model.decoder(&image, state_after_prompt).unwrap();
+            let out = pollster::block_on(generate(&mut dec, &ids, &opts, &mut |_| true)).unwrap();
+            let new = out[ids.len()..].to_vec();
+            runs += 1;
+            if new == u32s(&want["greedy_ids"]) {
+                ok += 1;
+            } else {
+                eprintln!("{name} {turn}: {new:?} vs {:?}", u32s(&want["greedy_ids"]));
+            }
+            state = dec.into_state();
+        }
+    }
+    (img_diff, logit_diff, ok, runs)
+}
+
+#[test]
+fn smolvlm_matches_transformers_on_cpu_and_gpu() {
+    let f = load();
+    // the fixture's lm_head is scaled by 16 (an exact power of two that only separates the
+    // top logits): 1e-4 on the model's own logits is 16e-4 on these
+    let scale = f.reference["config"]["lm_head_scale"].as_f64().unwrap() as f32;
+    println!("| device | image tokens max |Δ| | last logits max |Δ| / scale | greedy ids equal |");
+    for d in both() {
+        let (img, logits, ok, runs) = run(&f, &d, DType::F32);
+        println!(
+            "| {} | {img:.2e} | {:.2e} | {ok}/{runs} |",
+            d.name(),
+            logits / scale
+        );
+        // image tokens: two SigLIP layers and a projection in f32, different summation order
+        assert!(img < 1e-4, "{}: image tokens differ by {img}", d.name());
+        assert!(
+            logits / scale < 1e-4,
+            "{}: logits differ by {}",
+            d.name(),
+            logits / scale
+        );
+        assert_eq!(ok, runs, "{}: greedy ids", d.name());
+    }
+}
