@@ -293,6 +293,7 @@ pub async fn bench_model(
         repetition_penalty: 1.0,
         no_repeat_ngram_size: 0,
         eos_token_ids: vec![],
+        stop_strings: vec![],
         yield_each_token: false,
         max_kv_bytes: crate::pipeline::MAX_KV_BYTES,
     };

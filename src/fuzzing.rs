@@ -119,6 +119,14 @@ fn exercise(p: &Pipeline) -> Result<()> {
             let texts = ["a cat".to_string(), "a photo of a dog".to_string()];
             pollster::block_on(p.match_texts(&image, &texts))?;
         }
+        Task::Chat => {
+            let mut session = crate::pipeline::ChatSession::new();
+            let mut msgs = vec![crate::io::chat::Message::user_with_image("What is it?")];
+            let first = pollster::block_on(p.chat(&image, &msgs, &mut session, &opts, on_text))?;
+            msgs.push(crate::io::chat::Message::text("assistant", &first.text));
+            msgs.push(crate::io::chat::Message::text("user", "And then?"));
+            pollster::block_on(p.chat(&image, &msgs, &mut session, &opts, on_text))?;
+        }
     }
     Ok(())
 }

@@ -61,6 +61,9 @@ pub struct GenerateOptions {
     pub repetition_penalty: f32,
     pub no_repeat_ngram_size: usize,
     pub eos_token_ids: Vec<u32>,
+    /// The text stops before the first of these it contains (transformers' `stop_strings`;
+    /// applied by the pipeline, which sees the text).
+    pub stop_strings: Vec<String>,
     /// In the browser, return to the event loop after each token so that a worker can take a
     /// cancel message in the middle of a generation (on WebGPU the readbacks already do; the
     /// CPU path would otherwise run to the end without yielding). No effect natively.
@@ -153,6 +156,7 @@ impl GenerateOptions {
             repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
             no_repeat_ngram_size: g.no_repeat_ngram_size.unwrap_or(0),
             eos_token_ids: g.eos_token_id.clone(),
+            stop_strings: g.stop_strings.clone(),
             yield_each_token: false,
         }
     }

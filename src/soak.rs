@@ -85,7 +85,7 @@ pub fn soak(
                 let q = &scene.questions()[0].question;
                 pollster::block_on(p.ask(&image, q, &opts, &mut |_| true))?;
             }
-            Task::Caption => {
+            Task::Caption | Task::Chat => {
                 pollster::block_on(p.caption(&image, None, &opts, &mut |_| true))?;
             }
         }

@@ -203,3 +203,107 @@ fn smolvlm_matches_transformers_on_cpu_and_gpu() {
         assert_eq!(ok, runs, "{}: greedy ids", d.name());
     }
 }
+
+/// PNG bytes of a `w × h` gradient.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn pipeline_holds_a_two_turn_conversation() {
+    use glimpse::pipeline::{ChatSession, Pipeline, Task};
+    let f = load();
+    let dir = fixture("smolvlm");
+    let (p, _) = Pipeline::load_path(&dir, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(p.task(), Task::Chat);
+    let entry = &f.reference["images"]["wide_40x64"];
+    let bytes = std::fs::read(fixture("images").join("wide_40x64.png")).unwrap();
+    let image = p.prepare_image(&bytes).unwrap();
+    let mut opts = p.default_options();
+    opts.max_new_tokens = 12;
+    let mut session = ChatSession::new();
+    let mut msgs = vec![Message::user_with_image(
+        f.reference["question"].as_str().unwrap(),
+    )];
+    let first =
+        pollster::block_on(p.chat(&image, &msgs, &mut session, &opts, &mut |_| true)).unwrap();
+    let turn1 = &entry["turn1"];
+    let prompt1 = u32s(&turn1["input_ids"]);
+    assert_eq!(first.ids[prompt1.len()..], u32s(&turn1["greedy_ids"])[..]);
+    // the answer's text, as transformers decodes it (special tokens skipped, stripped)
+    assert_eq!(first.text, turn1["answer"].as_str().unwrap());
+    let cached = session.cached_tokens();
+    assert_eq!(
+        cached,
+        prompt1.len() + 11,
+        "the prompt and all but the last new token are cached"
+    );
+
+    msgs.push(Message::text("assistant", &first.text));
+    msgs.push(Message::text(
+        "user",
+        f.reference["follow_up"].as_str().unwrap(),
+    ));
+    let turn2 = &entry["turn2"];
+    assert_eq!(
+        p.chat_prompt(&msgs, (2, 2)).unwrap(),
+        u32s(&turn2["input_ids"])
+    );
+    let second =
+        pollster::block_on(p.chat(&image, &msgs, &mut session, &opts, &mut |_| true)).unwrap();
+    let prompt2 = u32s(&turn2["input_ids"]);
+    assert_eq!(second.ids[prompt2.len()..], u32s(&turn2["greedy_ids"])[..]);
+    assert!(session.cached_tokens() > cached);
+
+    // caption and ask on an instruction model are one-turn conversations
+    let asked = pollster::block_on(p.ask(
+        &image,
+        f.reference["question"].as_str().unwrap(),
+        &opts,
+        &mut |_| true,
+    ))
+    .unwrap();
+    assert_eq!(asked.ids, first.ids);
+}
+
+#[test]
+fn bad_conversations_are_clear_errors() {
+    use glimpse::pipeline::{ChatSession, Pipeline};
+    let (p, _) = Pipeline::load_path(&fixture("smolvlm"), &Device::Cpu, DType::F32).unwrap();
+    let mut opts = p.default_options();
+    opts.max_new_tokens = 2;
+    let mut session = ChatSession::new();
+    // a 1 × 5000 strip: resized to the longest edge, its one pixel row becomes a row of tiles
+    let strip = p.prepare_image(&png(5000, 1)).unwrap();
+    let q = [Message::user_with_image("What is it?")];
+    pollster::block_on(p.chat(&strip, &q, &mut session, &opts, &mut |_| true)).unwrap();
+    let err = |msgs: &[Message], opts: &GenerateOptions| {
+        pollster::block_on(p.chat(&strip, msgs, &mut ChatSession::new(), opts, &mut |_| true))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err(&[], &opts).contains("no messages"));
+    // two images in one conversation
+    let two = [Message::user_with_image("a"), Message::user_with_image("b")];
+    assert!(err(&two, &opts).contains("one image per conversation"));
+    // longer than the context: max_position_embeddings is 512
+    let mut long = opts.clone();
+    long.max_new_tokens = 500;
+    let e = err(&q, &long);
+    assert!(e.contains("this model holds 512 positions"), "{e}");
+    let many: Vec<Message> = std::iter::once(Message::user_with_image("x"))
+        .chain((0..100).map(|i| {
+            Message::text(
+                if i % 2 == 0 { "assistant" } else { "user" },
+                "a star and a ring",
+            )
+        }))
+        .collect();
+    let e = err(&many, &opts);
+    assert!(e.contains("start a new conversation"), "{e}");
+}

@@ -90,6 +90,11 @@ impl ChatTemplate {
         Ok(t)
     }
 
+    /// The template's text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The template from a model's small files, in transformers' order of preference; None
     /// when the model has none.
     pub fn from_files(meta: &BTreeMap<String, Vec<u8>>) -> Result<Option<ChatTemplate>> {

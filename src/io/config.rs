@@ -254,6 +254,24 @@ pub struct GenerationConfig {
     pub top_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
+    /// generation stops when the text so far contains one of these (one string or a list)
+    #[serde(default, deserialize_with = "strings")]
+    pub stop_strings: Vec<String>,
+}
+
+fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(v) => vec![v],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => vec![],
+    })
 }
 
 pub fn one_or_many<'de, D: serde::Deserializer<'de>>(

@@ -20,6 +20,8 @@ pub const CONFIG: &str = "glimpse.config_json";
 pub const GENERATION_CONFIG: &str = "glimpse.generation_config_json";
 pub const PREPROCESSOR_CONFIG: &str = "glimpse.preprocessor_config_json";
 pub const TOKENIZER: &str = "glimpse.tokenizer_json";
+/// The chat template of an instruction model (the key llama.cpp and the GGUF spec use).
+pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 /// Names (one per line) of tensors stored in the model's layout rather than the checkpoint's:
 /// GPT-2 `Conv1D` weights transposed, patch-embedding convolutions flattened to `[O, C·P·P]`.
 pub const MODEL_LAYOUT: &str = "glimpse.model_layout";

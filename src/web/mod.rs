@@ -567,6 +567,7 @@ fn task_name(t: Task) -> &'static str {
         Task::Caption => "caption",
         Task::Answer => "answer",
         Task::Match => "match",
+        Task::Chat => "chat",
     }
 }
 

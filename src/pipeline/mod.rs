@@ -1,12 +1,17 @@
 //! A loaded model with its tokenizer, image processor and generation defaults, behind the tasks
 //! a person asks for: caption an image, answer a question about it, match it against texts.
 //! The image is prepared once ([`Pipeline::prepare_image`]) and serves any number of requests.
+//! Instruction models (SmolVLM) also hold conversations about it (`chat.rs`).
+
+mod chat;
+pub use chat::ChatSession;
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::image::{decode, ImageProcessorConfig};
+use crate::io::chat::ChatTemplate;
 use crate::io::config::{architecture, parse, parse_config, GenerationConfig};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::io::files::{pick_weights, WeightSet, META_FILES};
@@ -17,6 +22,7 @@ use crate::io::Vb;
 use crate::models::blip::{Blip, BlipConfig, BlipMemory};
 use crate::models::clip::{logits_per_image, Clip, ClipConfig};
 use crate::models::git::{Git, GitConfig, ImagePrefix};
+use crate::models::idefics3::{Idefics3, Idefics3Config};
 use crate::models::vision_encoder_decoder::{
     EncodedImage, VisionEncoderDecoder, VisionEncoderDecoderConfig,
 };
@@ -118,6 +124,8 @@ pub struct ModelSpec {
     processor: ImageProcessorConfig,
     tokenizer: Tokenizer,
     generation: GenerationConfig,
+    /// the model's chat template (instruction models)
+    chat_template: Option<ChatTemplate>,
 }
 
 /// The most key/value cache one generation request may hold by default (all layers and beams,
@@ -143,7 +151,7 @@ fn encode_text(tokenizer: &Tokenizer, what: &str, text: &str, special: bool) -> 
 pub const MAX_TEXTS: usize = 256;
 
 /// The architectures glimpse runs.
-pub const ARCHITECTURES: &str = "GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel";
+pub const ARCHITECTURES: &str = "GitForCausalLM, VisionEncoderDecoderModel, BlipForConditionalGeneration, BlipForQuestionAnswering, CLIPModel, Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration";
 
 impl ModelSpec {
     /// Parses and checks the metadata files (by name, as `io::files::META_FILES`).
@@ -184,6 +192,7 @@ impl ModelSpec {
             Some(t) => parse("generation_config.json", t)?,
             None => generation_from_model_config(&head)?,
         };
+        let chat_template = ChatTemplate::from_files(meta)?;
         let spec = ModelSpec {
             architecture: arch,
             config_json,
@@ -192,6 +201,7 @@ impl ModelSpec {
             processor,
             tokenizer,
             generation,
+            chat_template,
         };
         // the config must describe a model glimpse can build (checked without weights)
         let plan = crate::io::Weights::plan(None, Default::default());
@@ -202,6 +212,9 @@ impl ModelSpec {
             return Err(Error::Config(format!(
                 "the tokenizer has token ids up to {max}, but config.json's vocabulary has {vocab} tokens: the tokenizer belongs to another model"
             )));
+        }
+        if let Model::Idefics3(m) = &model {
+            chat::check_files(&spec, m, text("processor_config.json")?.as_deref())?;
         }
         Ok(spec)
     }
@@ -216,6 +229,7 @@ impl ModelSpec {
         match self.architecture.as_str() {
             "CLIPModel" | "clip" => Task::Match,
             "BlipForQuestionAnswering" => Task::Answer,
+            a if chat::is_chat_arch(a) => Task::Chat,
             _ => Task::Caption,
         }
     }
@@ -259,6 +273,9 @@ impl ModelSource for ModelSpec {
         if let Some(g) = &self.generation_json {
             m.push((gguf::GENERATION_CONFIG.into(), g.clone()));
         }
+        if let Some(t) = &self.chat_template {
+            m.push((gguf::CHAT_TEMPLATE.into(), t.source().to_string()));
+        }
         Ok(m)
     }
 
@@ -277,6 +294,9 @@ impl ModelSource for ModelSpec {
                     "this GGUF file carries no {file} (metadata {key}); glimpse reads GGUF files written by `glimpse quantize` or by the page"
                 )));
             }
+        }
+        if let Some(t) = strings.get(gguf::CHAT_TEMPLATE) {
+            meta.insert("chat_template.jinja".into(), t.clone().into_bytes());
         }
         ModelSpec::from_files(&meta)
     }
@@ -309,6 +329,10 @@ pub fn build_model(arch: &str, config_json: &str, vb: &Vb) -> Result<Model> {
                 arch == "BlipForQuestionAnswering",
             )?))
         }
+        a if chat::is_chat_arch(a) => Model::Idefics3(Box::new(Idefics3::new(
+            vb,
+            &parse_config::<Idefics3Config>("config.json", c)?,
+        )?)),
         other => {
             return Err(Error::Config(format!(
                 "config.json: architecture {other:?} is not supported (supported: {ARCHITECTURES})"
@@ -510,6 +534,8 @@ pub enum Task {
     Answer,
     /// scores an image against texts (CLIP)
     Match,
+    /// holds a conversation about the image, answers in sentences (SmolVLM)
+    Chat,
 }
 
 pub enum Model {
@@ -517,6 +543,7 @@ pub enum Model {
     Clip(Box<Clip>),
     VisionEncoderDecoder(Box<VisionEncoderDecoder>),
     Blip(Box<Blip>),
+    Idefics3(Box<Idefics3>),
 }
 
 impl Model {
@@ -527,6 +554,7 @@ impl Model {
             Model::Clip(c) => c.cfg.text_config.vocab_size,
             Model::VisionEncoderDecoder(m) => m.vocab_size(),
             Model::Blip(b) => b.cfg.text_config.vocab_size,
+            Model::Idefics3(m) => m.cfg.text_config.vocab_size,
         }
     }
 }
@@ -538,6 +566,16 @@ pub enum PreparedImage {
     VisionEncoderDecoder(EncodedImage),
     /// image embeddings, and for captioning models the decoder's memory of them
     Blip(Tensor, Option<BlipMemory>),
+    /// the image tokens of every tile `[N · seq, D]`, the tile grid (rows, cols), and an id
+    /// that tells a conversation which image its caches belong to
+    Idefics3(Tensor, (usize, usize), u64),
+}
+
+/// Preprocessed pixels `[N, 3, H, W]` (N = 1, or the tiles of a tiling processor) and, for
+/// tiles, their grid (rows, cols).
+pub struct ImagePixels {
+    pub tensor: Tensor,
+    pub grid: (usize, usize),
 }
 
 impl Drop for Pipeline {
@@ -564,6 +602,7 @@ pub struct Pipeline {
     tokenizer: Tokenizer,
     processor: ImageProcessorConfig,
     generation: GenerationConfig,
+    chat_template: Option<ChatTemplate>,
     architecture: String,
     pub device: Device,
 }
@@ -613,6 +652,7 @@ impl Pipeline {
             tokenizer: spec.tokenizer,
             processor: spec.processor,
             generation: spec.generation,
+            chat_template: spec.chat_template,
             device: device.clone(),
         })
     }
@@ -634,6 +674,7 @@ impl Pipeline {
                 tokenizer: spec.tokenizer,
                 processor: spec.processor,
                 generation: spec.generation,
+                chat_template: spec.chat_template,
                 device,
             },
             stats,
@@ -654,6 +695,7 @@ impl Pipeline {
             Model::Blip(b) if b.is_vqa() => Task::Answer,
             Model::Blip(_) => Task::Caption,
             Model::Clip(_) => Task::Match,
+            Model::Idefics3(_) => Task::Chat,
         }
     }
 
@@ -670,6 +712,9 @@ impl Pipeline {
                 Model::Git(g) => opts.eos_token_ids.extend(g.cfg.eos_token_id),
                 Model::VisionEncoderDecoder(m) => opts.eos_token_ids.extend(m.cfg.eos_token_id),
                 Model::Blip(b) => opts.eos_token_ids.push(b.cfg.text_config.sep_token_id),
+                Model::Idefics3(m) => opts
+                    .eos_token_ids
+                    .extend(m.cfg.text_config.eos_token_id.iter().copied()),
                 Model::Clip(_) => {}
             }
         }
@@ -682,15 +727,40 @@ impl Pipeline {
         self.encode_pixels(&pixels)
     }
 
-    /// Decodes and preprocesses an image into the model's pixel tensor `[1, 3, H, W]`.
-    pub fn pixels(&self, bytes: &[u8]) -> Result<Tensor> {
-        let px = self.processor.preprocess(&decode(bytes)?)?;
-        Tensor::from_f32(&px.data, &[1, 3, px.height, px.width], &self.device)
+    /// Decodes and preprocesses an image into the model's pixel tensor: `[1, 3, H, W]`, or
+    /// the tiles `[N, 3, T, T]` of a tiling processor (SmolVLM).
+    pub fn pixels(&self, bytes: &[u8]) -> Result<ImagePixels> {
+        let img = decode(bytes)?;
+        if let Model::Idefics3(_) = &self.model {
+            let t = self.processor.preprocess_tiles(&img)?;
+            let side = self.processor.tile_size().unwrap_or(0);
+            let data: Vec<f32> = t
+                .frames
+                .iter()
+                .flat_map(|p| p.data.iter().copied())
+                .collect();
+            return Ok(ImagePixels {
+                tensor: Tensor::from_f32(&data, &[t.frames.len(), 3, side, side], &self.device)?,
+                grid: (t.rows, t.cols),
+            });
+        }
+        let px = self.processor.preprocess(&img)?;
+        Ok(ImagePixels {
+            tensor: Tensor::from_f32(&px.data, &[1, 3, px.height, px.width], &self.device)?,
+            grid: (0, 0),
+        })
     }
 
     /// Runs the vision side on preprocessed pixels (see [`Pipeline::pixels`]).
-    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<PreparedImage> {
+    pub fn encode_pixels(&self, pixels: &ImagePixels) -> Result<PreparedImage> {
+        let grid = pixels.grid;
+        let pixels = &pixels.tensor;
         match &self.model {
+            Model::Idefics3(m) => Ok(PreparedImage::Idefics3(
+                m.encode_image(pixels)?,
+                grid,
+                chat::next_image_id(),
+            )),
             Model::Git(g) => {
                 let visual = g.encode_image(pixels)?;
                 Ok(PreparedImage::Git(g.image_prefix(&visual)?))
@@ -721,7 +791,7 @@ impl Pipeline {
                 .or(m.cfg.decoder_start_token_id)
                 .or(g.bos_token_id),
             Model::Blip(b) => Some(b.cfg.text_config.bos_token_id),
-            Model::Clip(_) => return Err(self.not_generative()),
+            Model::Clip(_) | Model::Idefics3(_) => return Err(self.not_generative()),
         };
         id.ok_or_else(|| {
             Error::Config(
@@ -753,6 +823,11 @@ impl Pipeline {
                 self.architecture
             )));
         }
+        if self.task() == Task::Chat {
+            // an instruction model is asked for a description (or the given instruction)
+            let q = prompt.unwrap_or(chat::DESCRIBE);
+            return self.chat_once(image, q, opts, on_text).await;
+        }
         let mut ids = vec![self.start_token()?];
         if let Some(p) = prompt {
             ids.extend(encode_text(&self.tokenizer, "prompt", p, false)?);
@@ -772,6 +847,7 @@ impl Pipeline {
             return Err(Error::Invalid("the question is empty".into()));
         }
         match &self.model {
+            Model::Idefics3(_) => self.chat_once(image, question, opts, on_text).await,
             // GIT: the question is the prefix of the text the decoder continues
             Model::Git(_) => {
                 let mut ids = vec![self.start_token()?];
@@ -799,6 +875,9 @@ impl Pipeline {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generated> {
         let room = match &self.model {
+            Model::Idefics3(_) => {
+                return Err(Error::Invalid("a chat model answers through chat".into()))
+            }
             Model::Git(g) => g.cfg.max_position_embeddings,
             Model::VisionEncoderDecoder(m) => m.max_positions(),
             Model::Blip(b) => b.max_positions(),
