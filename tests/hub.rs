@@ -99,7 +99,7 @@ fn every_repos_metadata_parses_as_transformers_reads_it() {
     for (dir, side, start, eos) in want {
         let spec = ModelSpec::from_files(&repo_files(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
         let p = Pipeline::from_spec_random(spec, &cpu()).unwrap_or_else(|e| panic!("{dir}: {e}"));
-        let px = p.pixels(&image).unwrap();
+        let px = p.pixels(&image).unwrap().tensor;
         assert_eq!(
             px.shape(),
             &[1, 3, *side, *side],

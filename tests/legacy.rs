@@ -60,7 +60,7 @@ fn check_tokenizer(name: &str, p: &Pipeline, r: &serde_json::Value) {
 
 fn check_pixels(name: &str, p: &Pipeline, r: &serde_json::Value) {
     for (img, e) in r["images"].as_object().unwrap() {
-        let px = read(&p.pixels(&image(img)).unwrap());
+        let px = read(&p.pixels(&image(img)).unwrap().tensor);
         // 1e-5: the reference's 7-decimal JSON rounding, far below one 8-bit step (see preprocess.rs)
         assert_close(
             &format!("{name}/{img} pixels"),

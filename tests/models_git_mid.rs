@@ -80,7 +80,7 @@ fn mid_size_git_matches_transformers_on_cpu_and_gpu() {
         let opts = p.default_options();
         for (name, e) in r["images"].as_object().unwrap() {
             let png = std::fs::read(fixture("images").join(format!("{name}.png"))).unwrap();
-            let px = p.pixels(&png).unwrap();
+            let px = p.pixels(&png).unwrap().tensor;
             let all = read(&px);
             let sample: Vec<f32> = all.iter().copied().step_by(97).collect();
             // 1e-5: the JSON's 7 decimals (see preprocess.rs)
