@@ -177,7 +177,7 @@ fn a_model_from_each_real_config_loads_and_generates_on_cpu_and_gpu() {
                         .map(|&i| i as f32)
                         .collect()
                 }
-                Task::Answer => pollster::block_on(p.ask(
+                Task::Answer | Task::Chat => pollster::block_on(p.ask(
                     &prepared,
                     "what is in the picture?",
                     &opts,
