@@ -196,7 +196,27 @@ pub struct ModelBenchRow {
     pub submits_per_step: f64,
     /// decoder layers (dispatches per layer ≈ dispatches_per_step / layers, plus the head)
     pub decoder_layers: usize,
+    /// the process's peak resident memory so far (Linux `VmHWM`; 0 where unknown), MiB
+    pub peak_rss_mib: f64,
 }
+
+/// The process's peak resident set (Linux), MiB; 0 elsewhere.
+fn peak_rss_mib() -> f64 {
+    #[cfg(target_os = "linux")]
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kb) = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        {
+            return kb / 1024.0;
+        }
+    }
+    0.0
+}
+
+/// The tiles `bench model --arch smolvlm` encodes: a wide photo's 1 × 4 tiles and the global view.
+pub const SMOLVLM_TILES: usize = 5;
 
 /// config.json of a real model's shape (random weights): "base" follows microsoft/git-base,
 /// nlpconnect/vit-gpt2-image-captioning and openai/clip-vit-base-patch32; "tiny" the fixtures.
@@ -251,9 +271,32 @@ pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
                                    "num_hidden_layers": l, "num_attention_heads": if base { 12 } else { 4 },
                                    "max_position_embeddings": 512, "bos_token_id": bos, "sep_token_id": 102, "pad_token_id": 0}})
         }
+        "smolvlm" => {
+            // HuggingFaceTB/SmolVLM-256M-Instruct: SigLIP-B/16 at 512 px, pixel shuffle by 4
+            // (64 tokens a tile), SmolLM2-135M (30 layers of 576, 9 heads over 3 K/V heads)
+            let (vision, text, scale) = if base {
+                (
+                    json!({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 512, "patch_size": 16}),
+                    json!({"vocab_size": 49280, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                           "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "max_position_embeddings": 8192,
+                           "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2}),
+                    4,
+                )
+            } else {
+                (
+                    vit(8),
+                    json!({"vocab_size": 340, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
+                           "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2}),
+                    2,
+                )
+            };
+            json!({"architectures": ["Idefics3ForConditionalGeneration"], "vision_config": vision, "text_config": text,
+                   "scale_factor": scale, "image_token_id": if base { 49190 } else { 301 }})
+        }
         other => {
             return Err(crate::Error::Invalid(format!(
-                "unknown architecture {other:?}: git, vit-gpt2, blip or clip"
+                "unknown architecture {other:?}: git, vit-gpt2, blip, clip or smolvlm"
             )))
         }
     };
@@ -311,6 +354,7 @@ pub async fn bench_model(
         dispatches_per_step: 0.0,
         submits_per_step: 0.0,
         decoder_layers: 0,
+        peak_rss_mib: 0.0,
     };
     let counters = || match device {
         Device::Gpu(c) => c.counters(),
@@ -448,6 +492,49 @@ pub async fn bench_model(
             }
             times
         }
+        "smolvlm" => {
+            let c: crate::models::idefics3::Idefics3Config =
+                crate::io::config::config_from_value("config.json", cfg)?;
+            let m = crate::models::idefics3::Idefics3::new(&vb, &c)?;
+            row.decoder_layers = c.text_config.num_hidden_layers;
+            device.synchronize().await?;
+            row.load_ms = now_ms() - t0;
+            // a wide photo: Idefics3's processor makes 1 × 4 tiles and the global view
+            let (s, tiles) = (c.vision_config.image_size, SMOLVLM_TILES);
+            let px = Tensor::from_f32(
+                &rng.vec(tiles * 3 * s * s, -1.0, 1.0),
+                &[tiles, 3, s, s],
+                device,
+            )?;
+            // <|im_start|>User: <the image's tokens> a question <end_of_utterance>\nAssistant:
+            let img = c.image_token_id;
+            let text = |n: usize| (0..n as u32).map(|i| 10 + i % 200).collect::<Vec<u32>>();
+            let prompt: Vec<u32> = [text(4), vec![img; tiles * c.image_seq_len()], text(16)].concat();
+            let mut times = (0.0, 0.0, 0.0);
+            for _ in 0..2 {
+                let t = now_ms();
+                let image = m.encode_image(&px)?;
+                device.synchronize().await?;
+                times.0 = now_ms() - t;
+                let t = now_ms();
+                let c0 = counters();
+                generate(&mut m.decoder(&image, None)?, &prompt, &opts(1), &mut |_| true).await?;
+                times.1 = now_ms() - t;
+                (marks[0], marks[1]) = (c0, counters());
+                let t = now_ms();
+                let c0 = counters();
+                generate(
+                    &mut m.decoder(&image, None)?,
+                    &prompt,
+                    &opts(new_tokens),
+                    &mut |_| true,
+                )
+                .await?;
+                times.2 = now_ms() - t;
+                (marks[2], marks[3]) = (c0, counters());
+            }
+            times
+        }
         "clip" => {
             let c: clip::ClipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
             let m = clip::Clip::new(&vb, &c)?;
@@ -470,6 +557,7 @@ pub async fn bench_model(
         }
     };
     row.params_m = weights.values_loaded() as f64 / 1e6;
+    row.peak_rss_mib = peak_rss_mib();
     row.image_encode_ms = encode;
     row.first_token_ms = first;
     if new_tokens > 1 && total > first {
@@ -486,7 +574,7 @@ pub async fn bench_model(
 
 pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
     let mut s = format!(
-        "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9} {:>16}\n",
+        "{:<9} {:>5} {:>5} {:>10} {:>8} {:>10} {:>14} {:>15} {:>9} {:>12} {:>16}\n",
         "arch",
         "size",
         "dtype",
@@ -496,11 +584,12 @@ pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
         "image encode ms",
         "first token ms",
         "tokens/s",
+        "peak RSS MiB",
         "dispatches/step"
     );
     for r in rows {
         s += &format!(
-            "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2} {:>16}\n",
+            "{:<9} {:>5} {:>5} {:>10} {:>8.1} {:>10.0} {:>14.1} {:>15.1} {:>9.2} {:>12.0} {:>16}\n",
             r.arch,
             r.size,
             r.dtype,
@@ -510,6 +599,7 @@ pub fn format_model_table(rows: &[ModelBenchRow]) -> String {
             r.image_encode_ms,
             r.first_token_ms,
             r.tokens_per_s,
+            r.peak_rss_mib,
             if r.dispatches_per_step > 0.0 {
                 format!(
                     "{:.0} ({:.1}/layer, {:.0} submits)",

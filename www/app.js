@@ -264,12 +264,19 @@ async function loadModel(what, label, dtype = 'f32') {
   }
 }
 
-const canCaption = () => state.model?.task === 'caption';
-const canAsk = () => ['caption', 'answer'].includes(state.model?.task);
+const canCaption = () => ['caption', 'chat'].includes(state.model?.task);
+const canAsk = () => ['caption', 'answer', 'chat'].includes(state.model?.task);
+const canChat = () => state.model?.task === 'chat';
 const canMatch = () => state.model?.task === 'match';
 
 function applyTask() {
   const ask = canAsk();
+  // an instruction model holds a conversation: each question follows the earlier turns
+  $('ask-heading').textContent = canChat() ? 'Talk about the image' : 'Ask about the image';
+  $('history-heading').textContent = canChat() ? 'Conversation about this image' : 'Questions about this image';
+  $('question').placeholder = canChat() ? 'What is in this picture?' : 'what color is the star?';
+  $('new-chat').hidden = !canChat();
+  renderHistory();
   $('question').disabled = !ask;
   $('ask-button').disabled = !ask;
   show($('ask-note'), ask ? '' : `${state.modelLabel} does not answer questions (it is a ${state.model?.task} model).`);
@@ -443,7 +450,9 @@ function renderHistory() {
   const ol = $('history');
   ol.replaceChildren();
   const img = state.current;
-  for (const h of img?.history ?? []) {
+  // an instruction model shows the conversation it is having; other models every question
+  const entries = img ? (canChat() ? chatTurns(img) : img.history) : [];
+  for (const h of entries) {
     const li = document.createElement('li');
     const q = document.createElement('span');
     q.className = 'q';
@@ -464,10 +473,24 @@ function renderHistory() {
     li.append(t);
     ol.append(li);
   }
-  $('answer-text').textContent = img?.history.at(-1)?.answer ?? '';
-  $('answer-text').dataset.state = img?.history.length ? 'done' : 'idle';
+  $('answer-text').textContent = entries.at(-1)?.answer ?? '';
+  $('answer-text').dataset.state = entries.length ? 'done' : 'idle';
   $('answer-expected').textContent = '';
-  $('answer-time').textContent = img?.history.at(-1)?.time ?? '';
+  $('answer-time').textContent = entries.at(-1)?.time ?? '';
+}
+
+/** The turns of the conversation with the loaded model about `img` (since its last reset). */
+function chatTurns(img) {
+  return img.history.filter((h) => h.chatWith === state.model && h.chatRound === (img.chatRound ?? 0));
+}
+
+/** The whole conversation for model.chat: earlier turns, then `question`; the image in the first. */
+function chatMessages(img, question) {
+  const messages = [];
+  const user = (text, first) => ({ role: 'user', content: first ? [{ type: 'image', image: img.blob }, { type: 'text', text }] : [{ type: 'text', text }] });
+  chatTurns(img).forEach((h, i) => messages.push(user(h.question, i === 0), { role: 'assistant', content: [{ type: 'text', text: h.answer }] }));
+  messages.push(user(question, messages.length === 0));
+  return messages;
 }
 
 async function ask(question) {
@@ -475,10 +498,15 @@ async function ask(question) {
   if (!img || !question.trim() || !canAsk()) return;
   const el = $('answer-text');
   $('answer-expected').textContent = '';
-  const out = await stream(el, (opts) => state.model.ask(img.blob, question, opts));
+  const chat = canChat();
+  const out = await stream(el, (opts) => (chat ? state.model.chat(chatMessages(img, question.trim()), opts) : state.model.ask(img.blob, question, opts)));
   if (!out) return;
   const known = img.questions.find((x) => x.question === question.trim());
   const entry = { question: question.trim(), answer: out.text, expected: known?.answer, time: describeTimings(out.timings, out.new_tokens) };
+  if (chat) {
+    Object.assign(entry, { chatWith: state.model, chatRound: img.chatRound ?? 0 });
+    if (state.current === img) $('question').value = '';
+  }
   img.history.push(entry);
   if (state.current !== img) return;
   renderHistory();
@@ -687,6 +715,13 @@ function wire() {
     run(ask)($('question').value);
   });
   $('stop-button').addEventListener('click', () => state.busy.forEach((c) => c.abort()));
+  $('new-chat').addEventListener('click', () => {
+    const img = state.current;
+    if (!img) return;
+    img.chatRound = (img.chatRound ?? 0) + 1;
+    renderHistory();
+    $('question').focus();
+  });
   $('labels-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     run(scoreLabels)();

@@ -6,6 +6,11 @@
 //   const { text } = await model.caption(fileOrImage, { onToken: ({ text }) => …, signal });
 //   const { text: answer } = await model.ask(fileOrImage, 'what color is the ring?');
 //   const labels = await model.match(image, ['a cat', 'a dog']);   // CLIP: [{label, score}], best first
+//   // instruction models (SmolVLM): a conversation, the image in its first user turn
+//   const messages = [{ role: 'user', content: [{ type: 'image', image: file }, { type: 'text', text: 'What is this?' }] }];
+//   const { text: reply } = await model.chat(messages, { onToken, signal });
+//   messages.push({ role: 'assistant', content: reply }, { role: 'user', content: 'And the color?' });
+//   await model.chat(messages);   // reuses the first turn's work (the image is encoded once)
 //
 // `model` is a catalog id (models/catalog.json), a URL of a model folder or of a .gguf file,
 // or an array of user-picked Files. Images are File/Blob, ImageBitmap, HTMLImageElement,
@@ -327,6 +332,38 @@ export class Model {
 
   ask(image, question, opts) {
     return this.generate('ask', image, { question }, opts);
+  }
+
+  /**
+   * The assistant's next message in a conversation about one image (instruction models such
+   * as SmolVLM): `messages` is the whole conversation, `[{role, content}]`, content a string or
+   * parts `[{type: 'image', image}, {type: 'text', text}]`, the image (anything `caption`
+   * takes) in one part. Returns `{text, ids, new_tokens, timings}`; options as `caption`, plus
+   * `stopStrings`. Calls with the same image object reuse its encoding and the earlier turns'
+   * caches.
+   */
+  async chat(messages, opts) {
+    if (!Array.isArray(messages) || messages.length === 0) throw coded('invalid', 'chat needs a non-empty array of messages');
+    const images = [];
+    const plain = messages.map((m) => {
+      if (!m || typeof m !== 'object' || typeof m.role !== 'string') throw coded('invalid', 'each message needs a role and a content');
+      if (typeof m.content === 'string') return { role: m.role, content: m.content };
+      if (!Array.isArray(m.content)) throw coded('invalid', `a ${m.role} message's content must be a string or an array of parts`);
+      return {
+        role: m.role,
+        content: m.content.map((part) => {
+          if (part?.type === 'image') {
+            images.push(part.image);
+            return { type: 'image' };
+          }
+          if (part?.type === 'text') return { type: 'text', text: String(part.text ?? '') };
+          throw coded('invalid', `unknown content part ${JSON.stringify(part?.type)} (use 'image' or 'text')`);
+        }),
+      };
+    });
+    if (images.length !== 1) throw coded('invalid', `a conversation shows exactly one image (in a content part {type: 'image', image}); it has ${images.length}`);
+    if (images[0] === undefined || images[0] === null) throw coded('invalid', "the image part has no image (give {type: 'image', image: file})");
+    return this.generate('chat', images[0], { messages: plain }, opts);
   }
 
   /**

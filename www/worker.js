@@ -728,6 +728,12 @@ const HANDLERS = {
     return generate(msg, (cb) => m.ask(image, msg.question, msg.options ?? {}, cb));
   },
 
+  /** The assistant's next message (instruction models); the image's caches carry over turns. */
+  async chat(msg) {
+    const [m, image] = modelImage(msg.model, msg.image);
+    return generate(msg, (cb) => m.chat(image, msg.messages, msg.options ?? {}, cb));
+  },
+
   async match({ model: h, image: i, texts }) {
     const [m, image] = modelImage(h, i);
     const t0 = performance.now();

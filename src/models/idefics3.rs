@@ -38,8 +38,9 @@ pub struct Idefics3Config {
 }
 
 impl crate::io::config::HfConfig for Idefics3Config {
-    // transformers' Idefics3Config() (SmolVLMConfig() has the same defaults): its vision
-    // config, and LlamaConfig(rms_norm_eps=1e-5, pad_token_id=128002)
+    // transformers' Idefics3Config() (SmolVLMConfig() has the same defaults) and its vision
+    // config; a given text_config dict is read as LlamaConfig(**text_config), so it takes
+    // LlamaConfig's own defaults (not the 1e-5 / pad 128002 of an absent text_config)
     const DEFAULTS: &'static str = r#"{
         "scale_factor": 2, "image_token_id": 128257,
         "vision_config": {
@@ -50,8 +51,8 @@ impl crate::io::config::HfConfig for Idefics3Config {
         "text_config": {
             "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
             "num_hidden_layers": 32, "num_attention_heads": 32, "max_position_embeddings": 2048,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 128002
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu",
+            "bos_token_id": 1, "eos_token_id": 2
         }
     }"#;
 

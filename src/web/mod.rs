@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::*;
 use crate::bench::{self, BenchOptions, BenchRow};
 use crate::gpu::{GpuContext, GpuOptions};
 use crate::io::stream::{LoadOptions, LoadStats, Loader, WeightFile};
-use crate::pipeline::{ModelSpec, Pipeline, PreparedImage, Task};
+use crate::pipeline::{ChatSession, ModelSpec, Pipeline, PreparedImage, Task};
 use crate::selfcheck;
 use crate::tensor::{AttentionOpts, DType, Device, Tensor};
 
@@ -322,6 +322,8 @@ struct JsGenerateOptions {
     max_kv_bytes: Option<f64>,
     /// conditional captioning: the caption continues this text
     prompt: Option<String>,
+    /// the text stops before the first of these (adds to generation_config.json's)
+    stop_strings: Option<Vec<String>>,
 }
 
 fn options(
@@ -345,6 +347,7 @@ fn options(
     g.repetition_penalty = o.repetition_penalty.unwrap_or(g.repetition_penalty);
     g.no_repeat_ngram_size = o.no_repeat_ngram_size.unwrap_or(g.no_repeat_ngram_size);
     g.max_kv_bytes = o.max_kv_bytes.map_or(g.max_kv_bytes, |b| b.max(0.0) as u64);
+    g.stop_strings.extend(o.stop_strings.unwrap_or_default());
     // on the CPU nothing else yields during a generation: a worker could not take a cancel
     g.yield_each_token = matches!(p.device, Device::Cpu);
     Ok((g, o.prompt))
@@ -355,6 +358,8 @@ fn options(
 pub struct JsModel {
     pipeline: Pipeline,
     images: Vec<Option<PreparedImage>>,
+    /// the conversation caches of each prepared image (instruction models)
+    sessions: std::cell::RefCell<std::collections::HashMap<u32, ChatSession>>,
     stats: LoadStats,
 }
 
@@ -551,6 +556,7 @@ impl JsLoader {
         Ok(JsModel {
             pipeline,
             images: Vec::new(),
+            sessions: Default::default(),
             stats,
         })
     }
@@ -633,6 +639,7 @@ impl JsModel {
         if let Some(slot) = self.images.get_mut(handle as usize) {
             *slot = None;
         }
+        self.sessions.borrow_mut().remove(&handle);
     }
 
     fn image(&self, handle: u32) -> Result<&PreparedImage, JsValue> {
@@ -675,6 +682,39 @@ impl JsModel {
             .pipeline
             .ask(self.image(handle)?, &question, &g, &mut |t| stream.call(t))
             .await;
+        let out = stream.finish(out)?;
+        serde_wasm_bindgen::to_value(&out).map_err(js_err)
+    }
+
+    /// The assistant's next message about the image (instruction models): `messages` is the
+    /// whole conversation, `[{role, content: string | [{type: 'image'} | {type: 'text', text}]}]`,
+    /// ending with the user's turn. The image's conversation caches are reused across calls:
+    /// each turn computes only what follows the prefix it shares with the previous one.
+    pub async fn chat(
+        &self,
+        handle: u32,
+        messages: JsValue,
+        opts: JsValue,
+        on_text: Option<Function>,
+    ) -> Result<JsValue, JsValue> {
+        let messages: Vec<crate::io::chat::Message> = serde_wasm_bindgen::from_value(messages)
+            .map_err(|e| invalid(&format!("messages: {e}")))?;
+        let (g, _) = options(&self.pipeline, &opts)?;
+        let image = self.image(handle)?;
+        // the session leaves the map while it runs (no RefCell borrow across an await)
+        let mut session = self
+            .sessions
+            .borrow_mut()
+            .remove(&handle)
+            .unwrap_or_default();
+        let mut stream = Stream::new(on_text);
+        let out = self
+            .pipeline
+            .chat(image, &messages, &mut session, &g, &mut |t| stream.call(t))
+            .await;
+        if self.images.get(handle as usize).is_some_and(|i| i.is_some()) {
+            self.sessions.borrow_mut().insert(handle, session);
+        }
         let out = stream.finish(out)?;
         serde_wasm_bindgen::to_value(&out).map_err(js_err)
     }
