@@ -509,7 +509,8 @@ pub async fn bench_model(
             // <|im_start|>User: <the image's tokens> a question <end_of_utterance>\nAssistant:
             let img = c.image_token_id;
             let text = |n: usize| (0..n as u32).map(|i| 10 + i % 200).collect::<Vec<u32>>();
-            let prompt: Vec<u32> = [text(4), vec![img; tiles * c.image_seq_len()], text(16)].concat();
+            let prompt: Vec<u32> =
+                [text(4), vec![img; tiles * c.image_seq_len()], text(16)].concat();
             let mut times = (0.0, 0.0, 0.0);
             for _ in 0..2 {
                 let t = now_ms();
@@ -518,7 +519,13 @@ pub async fn bench_model(
                 times.0 = now_ms() - t;
                 let t = now_ms();
                 let c0 = counters();
-                generate(&mut m.decoder(&image, None)?, &prompt, &opts(1), &mut |_| true).await?;
+                generate(
+                    &mut m.decoder(&image, None)?,
+                    &prompt,
+                    &opts(1),
+                    &mut |_| true,
+                )
+                .await?;
                 times.1 = now_ms() - t;
                 (marks[0], marks[1]) = (c0, counters());
                 let t = now_ms();

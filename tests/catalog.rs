@@ -35,13 +35,22 @@ fn sha256(b: &[u8]) -> String {
         .collect()
 }
 
-/// The repo's section of SOURCES.md (from its "## N. owner/name" heading to the next).
+/// The repo's section of SOURCES.md: from its "## N. owner/name" heading to the next, or, for a
+/// repo of the lower-priority list, its "* **owner/name**" bullet up to the next bullet.
 fn section<'a>(sources: &'a str, repo: &str) -> &'a str {
+    if let Some(start) = sources.find(&format!(". {repo}")) {
+        let rest = &sources[start..];
+        let end = rest[1..].find("\n## ").map_or(rest.len(), |e| e + 1);
+        return &rest[..end];
+    }
     let start = sources
-        .find(&format!(". {repo}"))
+        .find(&format!("* **{repo}**"))
         .unwrap_or_else(|| panic!("SOURCES.md has no section for {repo}"));
     let rest = &sources[start..];
-    let end = rest[1..].find("\n## ").map_or(rest.len(), |e| e + 1);
+    let end = rest[1..]
+        .find("\n* ")
+        .or_else(|| rest[1..].find("\n## "))
+        .map_or(rest.len(), |e| e + 1);
     &rest[..end]
 }
 

@@ -307,3 +307,68 @@ fn bad_conversations_are_clear_errors() {
     let e = err(&many, &opts);
     assert!(e.contains("start a new conversation"), "{e}");
 }
+
+/// The ids of a two-turn conversation about `wide_40x64` (12 new tokens a turn).
+fn two_turns(p: &glimpse::pipeline::Pipeline) -> Vec<Vec<u32>> {
+    use glimpse::pipeline::ChatSession;
+    let bytes = std::fs::read(fixture("images").join("wide_40x64.png")).unwrap();
+    let image = p.prepare_image(&bytes).unwrap();
+    let mut opts = p.default_options();
+    opts.max_new_tokens = 12;
+    let mut session = ChatSession::new();
+    let mut msgs = vec![Message::user_with_image("What is in the picture?")];
+    let mut out = Vec::new();
+    for follow in ["And the color?", ""] {
+        let g =
+            pollster::block_on(p.chat(&image, &msgs, &mut session, &opts, &mut |_| true)).unwrap();
+        msgs.push(Message::text("assistant", &g.text));
+        out.push(g.ids);
+        if follow.is_empty() {
+            break;
+        }
+        msgs.push(Message::text("user", follow));
+    }
+    out
+}
+
+#[test]
+fn gguf_carries_the_chat_model_whole() {
+    use glimpse::pipeline::{quantize, ModelFiles, Pipeline};
+    let dir = fixture("smolvlm");
+    let gguf = |dtype: DType| {
+        let out = std::env::temp_dir().join(format!(
+            "glimpse-smolvlm-{}-{}.gguf",
+            std::process::id(),
+            dtype.name()
+        ));
+        quantize(Some(&dir), None, dtype, &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        ModelFiles {
+            weights: vec![("model.gguf".into(), bytes)],
+            ..Default::default()
+        }
+    };
+    let folder = ModelFiles::from_dir(&dir).unwrap();
+    // f32 GGUF: the chat template and processor travel in its metadata; ids as the folder's
+    let want = two_turns(&Pipeline::load(&folder, &Device::Cpu, DType::F32).unwrap());
+    assert_eq!(
+        two_turns(&Pipeline::load(&gguf(DType::F32), &Device::Cpu, DType::F32).unwrap()),
+        want
+    );
+    // q8_0 GGUF holds the blocks the folder is quantized to while loading: the same ids
+    let q8 = gguf(DType::Q8_0);
+    for d in both() {
+        let from_folder = two_turns(&Pipeline::load(&folder, &d, DType::Q8_0).unwrap());
+        assert_eq!(
+            two_turns(&Pipeline::load(&q8, &d, DType::Q8_0).unwrap()),
+            from_folder,
+            "{d:?}"
+        );
+    }
+    // q4_0 loads and talks on both devices (its ids are its own)
+    for d in both() {
+        let ids = two_turns(&Pipeline::load(&folder, &d, DType::Q4_0).unwrap());
+        assert_eq!(ids.len(), 2, "{d:?}");
+    }
+}

@@ -285,7 +285,8 @@ const warn = (id, text) => {
 };
 
 const SMALL = ['config.json', 'generation_config.json', 'preprocessor_config.json', 'tokenizer.json',
-  'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.txt', 'vocab.json', 'merges.txt'];
+  'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'vocab.txt', 'vocab.json', 'merges.txt',
+  'chat_template.json', 'chat_template.jinja', 'processor_config.json'];
 // a folder's weights, in the CLI's order of preference
 const WEIGHT_FILES = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin', 'pytorch_model.bin.index.json'];
 const isWeights = (n) => /\.(safetensors|bin|gguf)$/.test(n);

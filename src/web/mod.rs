@@ -712,7 +712,11 @@ impl JsModel {
             .pipeline
             .chat(image, &messages, &mut session, &g, &mut |t| stream.call(t))
             .await;
-        if self.images.get(handle as usize).is_some_and(|i| i.is_some()) {
+        if self
+            .images
+            .get(handle as usize)
+            .is_some_and(|i| i.is_some())
+        {
             self.sessions.borrow_mut().insert(handle, session);
         }
         let out = stream.finish(out)?;
