@@ -211,6 +211,35 @@ impl Engine {
         serde_wasm_bindgen::to_value(&rows).map_err(js_err)
     }
 
+    /// One model at a real shape with seeded random weights on this device (as the CLI's
+    /// `bench model`): `{arch, size, dtype, load_ms, image_encode_ms, first_token_ms,
+    /// tokens_per_s, …}`. The page reads its wasm memory around it for the peak.
+    #[wasm_bindgen(js_name = benchModel)]
+    pub async fn bench_model(
+        &self,
+        arch: String,
+        size: String,
+        dtype: String,
+        new_tokens: u32,
+    ) -> Result<JsValue, JsValue> {
+        let label = match self.device {
+            Device::Cpu => "cpu",
+            Device::Gpu(_) => "webgpu",
+        };
+        let dtype = crate::DType::parse(&dtype).map_err(js_err)?;
+        let row = bench::bench_model(
+            &arch,
+            &size,
+            &self.device,
+            label,
+            dtype,
+            new_tokens.max(1) as usize,
+        )
+        .await
+        .map_err(js_err)?;
+        to_js(&row)
+    }
+
     /// An f32 tensor from data and shape.
     pub fn tensor(&self, data: Vec<f32>, shape: Vec<u32>) -> Result<JsTensor, JsValue> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
