@@ -503,7 +503,11 @@ pub async fn bench_model(
             row.load_ms = now_ms() - t0;
             // a wide photo: Idefics3's processor makes 1 × 4 tiles and the global view
             let s = c.vision_config.image_size;
-            let tiles = if size == "base-global" { 1 } else { SMOLVLM_TILES };
+            let tiles = if size == "base-global" {
+                1
+            } else {
+                SMOLVLM_TILES
+            };
             let px = Tensor::from_f32(
                 &rng.vec(tiles * 3 * s * s, -1.0, 1.0),
                 &[tiles, 3, s, s],

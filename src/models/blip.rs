@@ -6,27 +6,14 @@
 
 use serde::Deserialize;
 
+use super::clip_vision::VisionConfig;
 use crate::error::{Error, Result};
 use crate::generate::CachedDecoder;
 use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
-use crate::nn::vision::{Stored, TowerDims, VisionEncoder, VisionGeometry, VisionSpec, BLIP_LAYER};
+use crate::nn::vision::{Stored, VisionEncoder, VisionSpec, BLIP_LAYER};
 use crate::nn::{merge_heads, split_heads, CrossKv, KvCache, LayerNorm, Linear, TextEmbeddings};
 use crate::tensor::{AttentionOpts, Tensor};
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BlipVisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    #[serde(default = "crate::io::config::defaults::eps_1e5")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "crate::io::config::defaults::gelu")]
-    pub hidden_act: Activation,
-}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlipTextConfig {
@@ -49,12 +36,13 @@ pub struct BlipTextConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BlipConfig {
-    pub vision_config: BlipVisionConfig,
+    pub vision_config: VisionConfig,
     pub text_config: BlipTextConfig,
 }
 
 impl crate::io::config::HfConfig for BlipConfig {
-    // transformers' BlipConfig(), BlipTextConfig() and BlipVisionConfig()
+    // transformers' BlipConfig(), BlipTextConfig() and BlipVisionConfig() (its vision tower is
+    // read as the shared VisionConfig: the same fields)
     const DEFAULTS: &'static str = r#"{
         "text_config": {
             "vocab_size": 30524, "hidden_size": 768, "encoder_hidden_size": 768,
@@ -77,16 +65,8 @@ impl crate::io::config::HfConfig for BlipConfig {
     }
 
     fn validate(&self, file: &str) -> Result<()> {
-        let v = &self.vision_config;
-        let c = Checks::new(file, "vision_config.");
-        c.tower(
-            v.hidden_size,
-            v.num_attention_heads,
-            v.intermediate_size,
-            v.num_hidden_layers,
-            v.layer_norm_eps,
-        )?;
-        c.image(v.image_size, v.patch_size, 3)?;
+        self.vision_config
+            .validate(&Checks::new(file, "vision_config."))?;
         let t = &self.text_config;
         let c = Checks::new(file, "text_config.");
         c.vocab("vocab_size", t.vocab_size)?;
@@ -124,22 +104,8 @@ const VISION: VisionSpec = VisionSpec {
     final_norm: "post_layernorm",
 };
 
-fn blip_vision(vb: &Vb, c: &BlipVisionConfig) -> Result<VisionEncoder> {
-    let geo = VisionGeometry {
-        image_size: c.image_size,
-        patch_size: c.patch_size,
-        channels: 3,
-        layers: c.num_hidden_layers,
-    };
-    let dims = TowerDims {
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        heads: c.num_attention_heads,
-        eps: c.layer_norm_eps,
-        act: c.hidden_act,
-        qkv_bias: true,
-    };
-    VisionEncoder::new(vb, &VISION, &geo, &dims)
+fn blip_vision(vb: &Vb, c: &VisionConfig) -> Result<VisionEncoder> {
+    VisionEncoder::new(vb, &VISION, &c.geometry(), &c.dims())
 }
 
 // ---------------------------------------------------------------- text

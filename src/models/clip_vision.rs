@@ -10,6 +10,8 @@ use crate::io::config::{Activation, Checks};
 use crate::io::Vb;
 use crate::nn::vision::{Stored, TowerDims, VisionEncoder, VisionGeometry, VisionSpec, CLIP_LAYER};
 
+/// The fields of a vision tower's config: CLIP's and GIT's, BLIP's, and SigLIP's in Idefics3
+/// (each model's DEFAULTS give its own defaults before these serde ones apply).
 #[derive(Debug, Clone, Deserialize)]
 pub struct VisionConfig {
     pub hidden_size: usize,
@@ -27,7 +29,7 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
-    /// The checks every config holding a CLIP vision tower runs (see `HfConfig::validate`).
+    /// The checks every config holding such a vision tower runs (see `HfConfig::validate`).
     pub fn validate(&self, c: &Checks) -> Result<()> {
         c.tower(
             self.hidden_size,

@@ -7,31 +7,20 @@
 
 use serde::Deserialize;
 
+use super::clip_vision::VisionConfig;
 use super::llama::{Llama, LlamaConfig};
 use crate::error::{Error, Result};
 use crate::generate::CachedDecoder;
-use crate::io::config::{Activation, Checks};
+use crate::io::config::Checks;
 use crate::io::Vb;
-use crate::nn::vision::{Stored, TowerDims, VisionEncoder, VisionGeometry, VisionSpec, CLIP_LAYER};
+use crate::nn::vision::{Stored, VisionEncoder, VisionSpec, CLIP_LAYER};
 use crate::nn::{KvCache, Linear};
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct SiglipVisionConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_channels: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub layer_norm_eps: f64,
-    pub hidden_act: Activation,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct Idefics3Config {
-    pub vision_config: SiglipVisionConfig,
+    /// SigLIP's fields are those of the shared vision config
+    pub vision_config: VisionConfig,
     pub text_config: LlamaConfig,
     pub scale_factor: usize,
     pub image_token_id: u32,
@@ -58,15 +47,7 @@ impl crate::io::config::HfConfig for Idefics3Config {
 
     fn validate(&self, file: &str) -> Result<()> {
         let v = &self.vision_config;
-        let c = Checks::new(file, "vision_config.");
-        c.tower(
-            v.hidden_size,
-            v.num_attention_heads,
-            v.intermediate_size,
-            v.num_hidden_layers,
-            v.layer_norm_eps,
-        )?;
-        c.image(v.image_size, v.patch_size, v.num_channels)?;
+        v.validate(&Checks::new(file, "vision_config."))?;
         let top = Checks::new(file, "");
         let side = v.image_size / v.patch_size;
         if self.scale_factor == 0 || !side.is_multiple_of(self.scale_factor) {
@@ -123,23 +104,9 @@ impl Idefics3 {
     pub fn new(vb: &Vb, cfg: &Idefics3Config) -> Result<Idefics3> {
         let m = vb.pp("model");
         let v = &cfg.vision_config;
-        let geo = VisionGeometry {
-            image_size: v.image_size,
-            patch_size: v.patch_size,
-            channels: v.num_channels,
-            layers: v.num_hidden_layers,
-        };
-        let dims = TowerDims {
-            hidden: v.hidden_size,
-            intermediate: v.intermediate_size,
-            heads: v.num_attention_heads,
-            eps: v.layer_norm_eps,
-            act: v.hidden_act,
-            qkv_bias: true,
-        };
         let s2 = cfg.scale_factor * cfg.scale_factor;
         Ok(Idefics3 {
-            vision: VisionEncoder::new(&m.pp("vision_model"), &SIGLIP, &geo, &dims)?,
+            vision: VisionEncoder::new(&m.pp("vision_model"), &SIGLIP, &v.geometry(), &v.dims())?,
             connector: Linear::no_bias(
                 &m.pp("connector").pp("modality_projection").pp("proj"),
                 v.hidden_size * s2,

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{encode_text, Generated, Model, ModelSpec, Pipeline, PreparedImage};
+use super::{encode_text, Generated, Model, ModelSpec, Pipeline, PreparedImage, TextStream};
 use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateOptions};
 use crate::image::tiles::expand_images;
@@ -190,44 +190,14 @@ impl Pipeline {
                 image: *image_id,
             };
         }
-        let tokenizer = &self.tokenizer;
-        let eos = opts.eos_token_ids.clone();
-        let stops = &opts.stop_strings;
-        let mut decode_err = None;
-        let mut stream = |new: &[u32]| {
-            let shown: Vec<u32> = new.iter().copied().filter(|t| !eos.contains(t)).collect();
-            match tokenizer.decode(&shown) {
-                Ok(text) => {
-                    let (text, stopped) = cut_at_stop(&text, stops);
-                    on_text(text) && !stopped
-                }
-                Err(e) => {
-                    decode_err = Some(e);
-                    false
-                }
-            }
-        };
+        let mut text_so_far = TextStream::new(&self.tokenizer, opts, on_text);
         let mut dec = m.decoder(tokens, session.state.take())?;
-        let out = generate(&mut dec, &prompt, opts, &mut stream).await;
+        let out = generate(&mut dec, &prompt, opts, &mut |new| text_so_far.push(new)).await;
         // after an error the caches may hold part of a step: the next turn starts afresh
         if out.is_ok() {
             session.state = dec.into_state();
         }
-        let ids = out?;
-        if let Some(e) = decode_err {
-            return Err(e);
-        }
-        let answer: Vec<u32> = ids[prompt.len()..]
-            .iter()
-            .copied()
-            .filter(|t| !opts.eos_token_ids.contains(t))
-            .collect();
-        let text = self.tokenizer.decode(&answer)?;
-        Ok(Generated {
-            text: cut_at_stop(&text, &opts.stop_strings).0.trim().to_string(),
-            new_tokens: ids.len() - prompt.len(),
-            ids,
-        })
+        text_so_far.finish(out?, prompt.len())
     }
 
     /// One question about the image, answered in a new conversation (caption and ask on an
@@ -242,18 +212,5 @@ impl Pipeline {
         let msgs = [Message::user_with_image(question)];
         self.chat(image, &msgs, &mut ChatSession::new(), opts, on_text)
             .await
-    }
-}
-
-/// `text` up to the first stop string it contains, and whether there was one.
-fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
-    match stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-    {
-        Some(at) => (&text[..at], true),
-        None => (text, false),
     }
 }

@@ -589,6 +589,72 @@ impl Drop for Pipeline {
     }
 }
 
+/// The text of the new tokens for a request's `on_text` after each token: EOS left out, cut
+/// before the first stop string (which also stops the generation); a decode error is kept for
+/// the request.
+pub(crate) struct TextStream<'a> {
+    tokenizer: &'a Tokenizer,
+    opts: &'a GenerateOptions,
+    on_text: &'a mut dyn FnMut(&str) -> bool,
+    error: Option<Error>,
+}
+
+impl<'a> TextStream<'a> {
+    pub(crate) fn new(
+        tokenizer: &'a Tokenizer,
+        opts: &'a GenerateOptions,
+        on_text: &'a mut dyn FnMut(&str) -> bool,
+    ) -> TextStream<'a> {
+        TextStream {
+            tokenizer,
+            opts,
+            on_text,
+            error: None,
+        }
+    }
+
+    fn text(&self, new: &[u32]) -> Result<(String, bool)> {
+        let eos = &self.opts.eos_token_ids;
+        let shown: Vec<u32> = new.iter().copied().filter(|t| !eos.contains(t)).collect();
+        let text = self.tokenizer.decode(&shown)?;
+        let stop = self
+            .opts
+            .stop_strings
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        Ok(match stop {
+            Some(at) => (text[..at].to_string(), true),
+            None => (text, false),
+        })
+    }
+
+    /// The new tokens so far; false stops the generation.
+    pub(crate) fn push(&mut self, new: &[u32]) -> bool {
+        match self.text(new) {
+            Ok((text, stopped)) => (self.on_text)(&text) && !stopped,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+
+    /// The request's result from the generated `ids` (prompt included).
+    pub(crate) fn finish(self, ids: Vec<u32>, prompt: usize) -> Result<Generated> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let (text, _) = self.text(&ids[prompt..])?;
+        Ok(Generated {
+            text: text.trim().to_string(),
+            new_tokens: ids.len() - prompt,
+            ids,
+        })
+    }
+}
+
 /// Generated text with its ids (prompt included, as transformers returns them).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Generated {
@@ -646,15 +712,19 @@ impl Pipeline {
     pub fn from_spec_random(spec: ModelSpec, device: &Device) -> Result<Pipeline> {
         let w = crate::io::Weights::random(1);
         let model = spec.build(&Vb::new(&w, device, DType::F32))?;
-        Ok(Pipeline {
+        Ok(Pipeline::from_parts(model, spec, device.clone()))
+    }
+
+    fn from_parts(model: Model, spec: ModelSpec, device: Device) -> Pipeline {
+        Pipeline {
             model,
             architecture: spec.architecture,
             tokenizer: spec.tokenizer,
             processor: spec.processor,
             generation: spec.generation,
             chat_template: spec.chat_template,
-            device: device.clone(),
-        })
+            device,
+        }
     }
 
     /// The pipeline of a loader whose files have all ended.
@@ -667,18 +737,7 @@ impl Pipeline {
         let spec = loader
             .into_spec()
             .ok_or_else(|| Error::Invalid("the load has no model description".into()))?;
-        Ok((
-            Pipeline {
-                model,
-                architecture: spec.architecture,
-                tokenizer: spec.tokenizer,
-                processor: spec.processor,
-                generation: spec.generation,
-                chat_template: spec.chat_template,
-                device,
-            },
-            stats,
-        ))
+        Ok((Pipeline::from_parts(model, spec, device), stats))
     }
 
     pub fn architecture(&self) -> &str {
@@ -919,19 +978,8 @@ impl Pipeline {
                 mib(opts.max_kv_bytes)
             )));
         }
-        let tokenizer = &self.tokenizer;
-        let eos = opts.eos_token_ids.clone();
-        let mut decode_err = None;
-        let mut stream = |new: &[u32]| {
-            let shown: Vec<u32> = new.iter().copied().filter(|t| !eos.contains(t)).collect();
-            match tokenizer.decode(&shown) {
-                Ok(text) => on_text(&text),
-                Err(e) => {
-                    decode_err = Some(e);
-                    false
-                }
-            }
-        };
+        let mut text_so_far = TextStream::new(&self.tokenizer, opts, on_text);
+        let mut stream = |new: &[u32]| text_so_far.push(new);
         let ids = match (&self.model, image) {
             (Model::Git(g), PreparedImage::Git(prefix)) => {
                 generate(&mut g.decoder(prefix, text)?, &prompt, opts, &mut stream).await?
@@ -967,19 +1015,7 @@ impl Pipeline {
                 ))
             }
         };
-        if let Some(e) = decode_err {
-            return Err(e);
-        }
-        let answer: Vec<u32> = ids[prompt.len()..]
-            .iter()
-            .copied()
-            .filter(|t| !opts.eos_token_ids.contains(t))
-            .collect();
-        Ok(Generated {
-            text: self.tokenizer.decode(&answer)?.trim().to_string(),
-            new_tokens: ids.len() - prompt.len(),
-            ids,
-        })
+        text_so_far.finish(ids, prompt.len())
     }
 
     /// Probabilities (softmax of logits_per_image) of each text for the image (CLIP).
