@@ -6,8 +6,9 @@
 //   node bench/model-browser.mjs [--arch smolvlm] [--size base] [--dtype q8_0] [--paths cpu,webgpu]
 //                                [--new-tokens 16] [--json bench/out/model-browser.json]
 //
-// `cpu` is the wasm CPU path (the single-thread build: the page is not cross-origin isolated
-// here); `webgpu` runs on SwiftShader, CPU emulation on this machine: never GPU speed.
+// `cpu` is the wasm CPU path of the single-thread package (pkg/glimpse.js imported by the page
+// itself, as the engine-level browser tests do; the app's worker would run pkg/threads/ on every
+// core); `webgpu` runs on SwiftShader, CPU emulation on this machine: never GPU speed.
 // `--size base-global` encodes SmolVLM's global view only (1 tile instead of 5), for SwiftShader.
 
 import { mkdirSync, writeFileSync } from 'node:fs';
