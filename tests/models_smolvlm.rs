@@ -372,3 +372,35 @@ fn gguf_carries_the_chat_model_whole() {
         assert_eq!(ids.len(), 2, "{d:?}");
     }
 }
+
+#[test]
+fn stop_strings_cut_the_answer_and_stop_generating() {
+    use glimpse::pipeline::{ChatSession, Pipeline};
+    let f = load();
+    let (p, _) = Pipeline::load_path(&fixture("smolvlm"), &Device::Cpu, DType::F32).unwrap();
+    let bytes = std::fs::read(fixture("images").join("wide_40x64.png")).unwrap();
+    let image = p.prepare_image(&bytes).unwrap();
+    let mut opts = p.default_options();
+    opts.max_new_tokens = 12;
+    let answer = f.reference["images"]["wide_40x64"]["turn1"]["answer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // a stop string from the middle of the full answer: the text ends before it
+    let chars: Vec<char> = answer.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    opts.stop_strings = vec![stop.clone()];
+    let q = [Message::user_with_image(
+        f.reference["question"].as_str().unwrap(),
+    )];
+    let out = pollster::block_on(p.chat(&image, &q, &mut ChatSession::new(), &opts, &mut |_| true))
+        .unwrap();
+    let cut = &answer[..answer.find(&stop).unwrap()];
+    assert_eq!(out.text, cut.trim());
+    assert!(out.new_tokens < 12, "generation stops at the stop string");
+    // generation_config.json's stop_strings may be one string or a list
+    for text in [r#"{"stop_strings": "<x>"}"#, r#"{"stop_strings": ["<x>"]}"#] {
+        let g: GenerationConfig = parse("generation_config.json", text).unwrap();
+        assert_eq!(g.stop_strings, vec!["<x>".to_string()]);
+    }
+}

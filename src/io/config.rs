@@ -255,33 +255,21 @@ pub struct GenerationConfig {
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
     /// generation stops when the text so far contains one of these (one string or a list)
-    #[serde(default, deserialize_with = "strings")]
+    #[serde(default, deserialize_with = "one_or_many")]
     pub stop_strings: Vec<String>,
 }
 
-fn strings<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+/// A field that is one value, a list of them, or null (eos_token_id, stop_strings).
+pub fn one_or_many<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-        Null(()),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(v) => vec![v],
-        OneOrMany::Many(v) => v,
-        OneOrMany::Null(()) => vec![],
-    })
-}
-
-pub fn one_or_many<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Vec<u32>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(u32),
-        Many(Vec<u32>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
         Null(()),
     }
     Ok(match OneOrMany::deserialize(d)? {
