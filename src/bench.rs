@@ -305,6 +305,42 @@ pub fn model_config(arch: &str, size: &str) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// The device's (dispatches, submits) counters; zeros on the CPU.
+fn counters(device: &Device) -> (u64, u64) {
+    match device {
+        Device::Gpu(c) => c.counters(),
+        Device::Cpu => (0, 0),
+    }
+}
+
+/// Two rounds (the first warms up) of: `encode` the image, generate one token, generate
+/// `new_tokens`. Returns the last round's (encode, first token, all tokens) in ms; `marks` gets
+/// the device counters around its two generations.
+async fn timed_rounds<T>(
+    device: &Device,
+    marks: &mut [(u64, u64); 4],
+    encode: impl Fn() -> Result<T>,
+    generate_n: impl AsyncFn(&T, usize) -> Result<()>,
+    new_tokens: usize,
+) -> Result<(f64, f64, f64)> {
+    let mut times = (0.0, 0.0, 0.0);
+    for _ in 0..2 {
+        let t = now_ms();
+        let image = encode()?;
+        device.synchronize().await?;
+        times.0 = now_ms() - t;
+        let (t, c0) = (now_ms(), counters(device));
+        generate_n(&image, 1).await?;
+        times.1 = now_ms() - t;
+        (marks[0], marks[1]) = (c0, counters(device));
+        let (t, c0) = (now_ms(), counters(device));
+        generate_n(&image, new_tokens).await?;
+        times.2 = now_ms() - t;
+        (marks[2], marks[3]) = (c0, counters(device));
+    }
+    Ok(times)
+}
+
 /// Loads `arch` at `size` with random weights on `device` and times image encoding, the first
 /// token and the decode steps (greedy, `new_tokens` tokens, no early stop).
 pub async fn bench_model(
@@ -358,10 +394,6 @@ pub async fn bench_model(
         decoder_layers: 0,
         peak_rss_mib: 0.0,
     };
-    let counters = || match device {
-        Device::Gpu(c) => c.counters(),
-        Device::Cpu => (0, 0),
-    };
     // counters around the one-token and the whole generation of the last round
     let mut marks = [(0u64, 0u64); 4];
     // (encode, first token, total for new_tokens) in ms, measured after one warm-up round
@@ -374,36 +406,23 @@ pub async fn bench_model(
             row.load_ms = now_ms() - t0;
             let s = c.vision_config.image_size;
             let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
-            let mut times = (0.0, 0.0, 0.0);
-            for _ in 0..2 {
-                let t = now_ms();
-                let prefix = m.image_prefix(&m.encode_image(&px)?)?;
-                device.synchronize().await?;
-                times.0 = now_ms() - t;
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&prefix, 1 + new_tokens)?,
-                    &[101],
-                    &opts(1),
-                    &mut |_| true,
-                )
-                .await?;
-                times.1 = now_ms() - t;
-                (marks[0], marks[1]) = (c0, counters());
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&prefix, 1 + new_tokens)?,
-                    &[101],
-                    &opts(new_tokens),
-                    &mut |_| true,
-                )
-                .await?;
-                times.2 = now_ms() - t;
-                (marks[2], marks[3]) = (c0, counters());
-            }
-            times
+            timed_rounds(
+                device,
+                &mut marks,
+                || m.image_prefix(&m.encode_image(&px)?),
+                async |prefix: &git::ImagePrefix, n: usize| {
+                    generate(
+                        &mut m.decoder(prefix, 1 + new_tokens)?,
+                        &[101],
+                        &opts(n),
+                        &mut |_| true,
+                    )
+                    .await?;
+                    Ok(())
+                },
+                new_tokens,
+            )
+            .await?
         }
         "vit-gpt2" => {
             let c: ved::VisionEncoderDecoderConfig =
@@ -423,36 +442,23 @@ pub async fn bench_model(
                 }
                 (p, _) => p?,
             };
-            let mut times = (0.0, 0.0, 0.0);
-            for _ in 0..2 {
-                let t = now_ms();
-                let enc = m.encode_image(&px)?;
-                device.synchronize().await?;
-                times.0 = now_ms() - t;
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&enc, 1 + new_tokens)?,
-                    &[0],
-                    &opts(1),
-                    &mut |_| true,
-                )
-                .await?;
-                times.1 = now_ms() - t;
-                (marks[0], marks[1]) = (c0, counters());
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&enc, 1 + new_tokens)?,
-                    &[0],
-                    &opts(new_tokens),
-                    &mut |_| true,
-                )
-                .await?;
-                times.2 = now_ms() - t;
-                (marks[2], marks[3]) = (c0, counters());
-            }
-            times
+            timed_rounds(
+                device,
+                &mut marks,
+                || m.encode_image(&px),
+                async |enc: &ved::EncodedImage, n: usize| {
+                    generate(
+                        &mut m.decoder(enc, 1 + new_tokens)?,
+                        &[0],
+                        &opts(n),
+                        &mut |_| true,
+                    )
+                    .await?;
+                    Ok(())
+                },
+                new_tokens,
+            )
+            .await?
         }
         "blip" => {
             let c: blip::BlipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
@@ -463,36 +469,23 @@ pub async fn bench_model(
             let s = c.vision_config.image_size;
             let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
             let bos = c.text_config.bos_token_id;
-            let mut times = (0.0, 0.0, 0.0);
-            for _ in 0..2 {
-                let t = now_ms();
-                let memory = m.caption_memory(&m.encode_image(&px)?)?;
-                device.synchronize().await?;
-                times.0 = now_ms() - t;
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&memory, 1 + new_tokens)?,
-                    &[bos],
-                    &opts(1),
-                    &mut |_| true,
-                )
-                .await?;
-                times.1 = now_ms() - t;
-                (marks[0], marks[1]) = (c0, counters());
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&memory, 1 + new_tokens)?,
-                    &[bos],
-                    &opts(new_tokens),
-                    &mut |_| true,
-                )
-                .await?;
-                times.2 = now_ms() - t;
-                (marks[2], marks[3]) = (c0, counters());
-            }
-            times
+            timed_rounds(
+                device,
+                &mut marks,
+                || m.caption_memory(&m.encode_image(&px)?),
+                async |memory: &blip::BlipMemory, n: usize| {
+                    generate(
+                        &mut m.decoder(memory, 1 + new_tokens)?,
+                        &[bos],
+                        &opts(n),
+                        &mut |_| true,
+                    )
+                    .await?;
+                    Ok(())
+                },
+                new_tokens,
+            )
+            .await?
         }
         "smolvlm" => {
             let c: crate::models::idefics3::Idefics3Config =
@@ -518,36 +511,20 @@ pub async fn bench_model(
             let text = |n: usize| (0..n as u32).map(|i| 10 + i % 200).collect::<Vec<u32>>();
             let prompt: Vec<u32> =
                 [text(4), vec![img; tiles * c.image_seq_len()], text(16)].concat();
-            let mut times = (0.0, 0.0, 0.0);
-            for _ in 0..2 {
-                let t = now_ms();
-                let image = m.encode_image(&px)?;
-                device.synchronize().await?;
-                times.0 = now_ms() - t;
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&image, None)?,
-                    &prompt,
-                    &opts(1),
-                    &mut |_| true,
-                )
-                .await?;
-                times.1 = now_ms() - t;
-                (marks[0], marks[1]) = (c0, counters());
-                let t = now_ms();
-                let c0 = counters();
-                generate(
-                    &mut m.decoder(&image, None)?,
-                    &prompt,
-                    &opts(new_tokens),
-                    &mut |_| true,
-                )
-                .await?;
-                times.2 = now_ms() - t;
-                (marks[2], marks[3]) = (c0, counters());
-            }
-            times
+            timed_rounds(
+                device,
+                &mut marks,
+                || m.encode_image(&px),
+                async |image: &Tensor, n: usize| {
+                    generate(&mut m.decoder(image, None)?, &prompt, &opts(n), &mut |_| {
+                        true
+                    })
+                    .await?;
+                    Ok(())
+                },
+                new_tokens,
+            )
+            .await?
         }
         "clip" => {
             let c: clip::ClipConfig = serde_json::from_value(cfg).map_err(|_| parse(arch))?;
