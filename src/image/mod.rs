@@ -408,9 +408,7 @@ impl ImageProcessorConfig {
         check_output("preprocessing", w, h, w, h)?;
         Ok(self.normalize(&data, w, h))
     }
-}
 
-impl ImageProcessorConfig {
     /// Rescale and normalize an 8-bit RGB image into `[3, h, w]` pixels.
     pub(crate) fn normalize(&self, data: &[u8], w: usize, h: usize) -> Pixels {
         let scale = if self.do_rescale {

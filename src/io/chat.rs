@@ -57,10 +57,10 @@ impl Message {
     }
 
     pub fn images(&self) -> usize {
-        self.parts()
-            .iter()
-            .filter(|p| matches!(p, Part::Image {}))
-            .count()
+        match &self.content {
+            Content::Text(_) => 0,
+            Content::Parts(p) => p.iter().filter(|p| matches!(p, Part::Image {})).count(),
+        }
     }
 }
 

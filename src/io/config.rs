@@ -308,6 +308,9 @@ pub mod defaults {
     pub fn gelu_new() -> Activation {
         Activation::GeluTanh
     }
+    pub fn silu() -> Activation {
+        Activation::Silu
+    }
     pub fn quick_gelu() -> Activation {
         Activation::QuickGelu
     }

@@ -35,7 +35,7 @@ pub struct LlamaConfig {
     /// only null (plain RoPE) is supported
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
-    #[serde(default = "silu")]
+    #[serde(default = "crate::io::config::defaults::silu")]
     pub hidden_act: Activation,
     #[serde(default)]
     pub attention_bias: bool,
@@ -55,10 +55,6 @@ pub struct RopeParameters {
     pub rope_type: Option<String>,
     #[serde(default)]
     pub rope_theta: Option<f64>,
-}
-
-fn silu() -> Activation {
-    Activation::Silu
 }
 
 impl LlamaConfig {
