@@ -477,6 +477,11 @@ function renderHistory() {
   $('answer-text').dataset.state = entries.length ? 'done' : 'idle';
   $('answer-expected').textContent = '';
   $('answer-time').textContent = entries.at(-1)?.time ?? '';
+  // in a conversation the list holds every reply (with its time): the answer line only streams
+  // the turn in progress, so it is not shown again above the list once the turn is in it
+  const chatting = Boolean(img) && canChat();
+  $('answer-line').hidden = chatting && entries.length > 0;
+  $('answer-time').hidden = chatting && entries.length > 0;
 }
 
 /** The turns of the conversation with the loaded model about `img` (since its last reset). */
@@ -499,6 +504,8 @@ async function ask(question) {
   const el = $('answer-text');
   $('answer-expected').textContent = '';
   const chat = canChat();
+  $('answer-line').hidden = false;
+  $('answer-time').hidden = false;
   const out = await stream(el, (opts) => (chat ? state.model.chat(chatMessages(img, question.trim()), opts) : state.model.ask(img.blob, question, opts)));
   if (!out) return;
   const known = img.questions.find((x) => x.question === question.trim());

@@ -98,7 +98,16 @@ test('the page holds a two-turn conversation about an image, as the CLI does', {
     await page.click('#ask-button');
     await page.waitForFunction((n) => document.querySelectorAll('#history li').length === n
       && document.getElementById('answer-text').dataset.state === 'done', answers.length + 1, { timeout: 120_000 });
-    answers.push(await page.evaluate(() => document.getElementById('answer-text').textContent));
+    // the reply is the conversation's last turn; the answer line that streamed it is hidden once
+    // the turn is in the list (not shown twice)
+    const { reply, streamed, lineHidden } = await page.evaluate(() => ({
+      reply: document.querySelector('#history li:last-child .a').textContent,
+      streamed: document.getElementById('answer-text').textContent,
+      lineHidden: document.getElementById('answer-line').hidden,
+    }));
+    assert.equal(reply, streamed);
+    assert.ok(lineHidden, 'the finished reply is shown once, in the conversation');
+    answers.push(reply);
   }
   const turns = await page.evaluate(() => [...document.querySelectorAll('#history li')].map((li) => li.querySelector('.q').textContent));
   assert.deepEqual(turns, questions, 'the conversation keeps both turns');
@@ -113,6 +122,7 @@ test('the page holds a two-turn conversation about an image, as the CLI does', {
   // a new conversation forgets the turns
   await page.click('#new-chat');
   assert.equal(await page.evaluate(() => document.querySelectorAll('#history li').length), 0);
+  assert.equal(await page.evaluate(() => document.getElementById('answer-line').hidden), false, 'a new conversation shows the answer line again');
   assertNoProblems(problems);
   await browser.close();
 });
