@@ -2,7 +2,8 @@
 //! only compute. f16 weights are widened to f32 per call; q8_0/q4_0 weights multiply their quants
 //! by 16-bit activation blocks in integers (natively only for a few rows: many dequantize a slab
 //! at a time for candle's GEMM; `quantized_linear`, `tensor::quant`). In wasm the f32 Linears run this
-//! crate's own tiles (`gemm.rs`), natively candle's GEMM.
+//! crate's own tiles (`gemm.rs`), and so does the attention, one head at a time (`attention.rs`);
+//! natively both are candle's (its GEMM, its batched matmuls).
 //!
 //! Threads: natively candle's GEMM already uses every core. In wasm, candle sees one thread; the
 //! threaded build (pkg/threads/, wasm32 with +atomics, picked by the page when it is
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType as CDType, Tensor as CT, D};
 
+mod attention;
 mod gemm;
 
 use crate::error::Result;
@@ -314,6 +316,13 @@ pub(crate) fn attention(
         k.candle("attention")?,
         v.candle("attention")?,
     );
+    if cfg!(target_arch = "wasm32") {
+        // one head at a time with gemm.rs's tiles, on the pool (attention.rs)
+        let mask = opts.mask.map(|m| m.candle("attention")).transpose()?;
+        return Tensor::from_candle(attention::attention::<gemm::Native>(
+            cq, ck, cv, mask, opts, kv_len,
+        )?);
+    }
     let (b, h, tq, d) = cq.dims4()?;
     let hkv = ck.dim(1)?;
     let (ck, cv) = (ck.narrow(2, 0, kv_len)?, cv.narrow(2, 0, kv_len)?);
