@@ -11,6 +11,12 @@
 //   vit-gpt2  nlpconnect/vit-gpt2-image-captioning (239 M parameters): preprocess + image encode +
 //             exactly 16 greedy tokens (min = max = 16 new tokens) per caption
 //   clip      openai/clip-vit-base-patch32: preprocess + image encode + 5 texts per match
+//   smolvlm   HuggingFaceTB/SmolVLM-256M-Instruct (256.5 M parameters): one chat turn about a wide
+//             picture (1 × 4 tiles + the global view = 320 image tokens, a 340-token prompt), preprocess
+//             + image encode + prefill + exactly 16 greedy tokens. Its folder and ONNX graphs come from
+//             bench/compare/smolvlm.py (run with .venv: transformers 5 + onnx + onnxruntime; optimum has
+//             no Idefics3 exporter): one folder both runtimes load, bf16 weights as on the hub. CPU paths
+//             only by default: on SwiftShader one full-depth request takes over 5 minutes per runtime.
 // Paths (each runs glimpse, then transformers.js 4.3.2, in a new page of the same browser):
 //   cpu-f32   glimpse CPU (candle in wasm), f32  vs transformers.js device 'wasm', dtype 'fp32'
 //   cpu-q8    glimpse CPU, q8_0                  vs transformers.js 'wasm', 'q8'
@@ -63,6 +69,8 @@ const BEFORE_ROOT = arg('before-root', 'out/baseline');
 const RUNTIMES = arg('runtimes', 'glimpse,tjs').split(',');
 const ARGS = WEBGPU;
 const CATALOG_ID = { 'vit-gpt2': 'vit-gpt2-image-captioning', clip: 'clip-vit-base-patch32' };
+const SMOLVLM = 'smolvlm-256m-instruct';
+const QUESTION = 'Can you describe this image?';
 const LABELS = ['a cat', 'a dog', 'a red circle', 'a blue square', 'a diagram'];
 const PATH = {
   'cpu-f32': { glimpse: { device: 'cpu', dtype: 'f32' }, tjs: { device: 'wasm', dtype: 'fp32' }, label: 'CPU (wasm), f32' },
@@ -73,6 +81,18 @@ const PATH = {
 
 /** The mirror (glimpse's files) and its ONNX export (transformers.js's) at `layers` (null: full). */
 async function prepare(model, layers) {
+  if (model === 'smolvlm') {
+    if (layers !== null) throw new Error('smolvlm runs at full depth only (bench/compare/smolvlm.py writes no cut model)');
+    const dir = join(ROOT, 'out/bench-onnx', SMOLVLM);
+    const py = join(ROOT, '.venv/bin/python');
+    if (!existsSync(py)) throw new Error('no .venv: see bench/README.md (compare) for the one-time setup');
+    const r = spawnSync(py, [join(ROOT, 'bench/compare/smolvlm.py'), dir], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    if (r.status !== 0) throw new Error(`smolvlm.py failed:\n${r.stdout}\n${r.stderr}`);
+    process.stderr.write(r.stdout);
+    // reference.json: transformers' 16 greedy ids for the same image and question (f32)
+    const reference = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8'));
+    return { id: null, folder: `/out/bench-onnx/${SMOLVLM}/`, onnxName: SMOLVLM, task: 'chat', image: join(dir, 'bench-image.png'), reference };
+  }
   const id = CATALOG_ID[model];
   const mirror = await buildMirror({ root: ROOT, bin: BIN, ids: [id], layers });
   const suffix = layers === null ? '' : `-l${layers}`;
@@ -96,19 +116,23 @@ async function openRuntime(context, base, runtime, m, path, png) {
   const blank = `${base}/__glimpse_compare_blank__`;
   await page.route(blank, (route) => route.fulfill({ contentType: 'text/html', headers: ISOLATION_HEADERS, body: '<!doctype html><title>compare</title>' }));
   await page.goto(blank);
-  const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], png: [...png], labels: LABELS, task: m.task };
+  const opts = { ...PATH[path][runtime === 'tjs' ? 'tjs' : 'glimpse'], png: [...png], labels: LABELS, task: m.task, question: QUESTION };
   if (runtime === 'glimpse' || runtime === 'before') {
     const root = runtime === 'before' ? BEFORE_ROOT : GLIMPSE_ROOT;
-    const info = await page.evaluate(async ({ id, catalog, device, dtype, png, labels, task, root }) => {
+    const info = await page.evaluate(async ({ id, folder, catalog, device, dtype, png, labels, task, question, root }) => {
       const glimpse = await import(`${root}/www/glimpse.js`);
       const t0 = performance.now();
-      const model = await glimpse.load(id, { device, dtype, catalog, store: false });
+      const model = await glimpse.load(id ?? new URL(folder, location.href).href, { device, dtype, catalog, store: false });
       const loadMs = performance.now() - t0;
       window.__request = async () => {
         const img = new Uint8Array(png); // a new object: encoded again, not reused
         const t = performance.now();
         let out;
-        if (task === 'match') {
+        if (task === 'chat') {
+          const messages = [{ role: 'user', content: [{ type: 'image', image: img }, { type: 'text', text: question }] }];
+          const r = await model.chat(messages, { maxNewTokens: 16, minNewTokens: 16 });
+          out = { ids: r.ids.slice(-16), text: r.text, timings: r.timings };
+        } else if (task === 'match') {
           const r = await model.match(img, labels);
           out = { best: r[0].label, scores: labels.map((l) => r.find((x) => x.label === l).score), timings: r.timings };
         } else {
@@ -120,10 +144,10 @@ async function openRuntime(context, base, runtime, m, path, png) {
         return { ms, out };
       };
       return { loadMs, backend: model.backend.device, isolated: self.crossOriginIsolated, threads: model.backend.threads?.count ?? 1 };
-    }, { id: m.id, catalog: m.catalogUrl, ...opts, root: root ? `/${root.replace(/^\/+|\/+$/g, '')}` : '' });
+    }, { id: m.id, folder: m.folder, catalog: m.catalogUrl, ...opts, root: root ? `/${root.replace(/^\/+|\/+$/g, '')}` : '' });
     return { page, ...info };
   }
-  const info = await page.evaluate(async ({ name, device, dtype, png, labels, task }) => {
+  const info = await page.evaluate(async ({ name, device, dtype, png, labels, task, question }) => {
     const T = await import('/bench/compare/node_modules/@huggingface/transformers/dist/transformers.js');
     T.env.allowRemoteModels = false;
     T.env.allowLocalModels = true;
@@ -132,7 +156,19 @@ async function openRuntime(context, base, runtime, m, path, png) {
     T.env.backends.onnx.wasm.wasmPaths = '/bench/compare/node_modules/onnxruntime-web/dist/';
     const t0 = performance.now();
     let run;
-    if (task === 'match') {
+    if (task === 'chat') {
+      // Idefics3ForConditionalGeneration: vision_encoder + embed_tokens + decoder_model_merged
+      const processor = await T.AutoProcessor.from_pretrained(name);
+      const model = await T.AutoModelForVision2Seq.from_pretrained(name, { device, dtype });
+      run = async (image) => {
+        const messages = [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: question }] }];
+        const prompt = processor.apply_chat_template(messages, { add_generation_prompt: true });
+        const inputs = await processor(prompt, [image]);
+        const out = await model.generate({ ...inputs, max_new_tokens: 16, min_new_tokens: 16, do_sample: false, num_beams: 1 });
+        const ids = Array.from(out.tolist()[0], Number);
+        return { ids: ids.slice(-16), prompt_tokens: inputs.input_ids.dims[1], text: processor.tokenizer.decode(ids.slice(inputs.input_ids.dims[1]), { skip_special_tokens: true }) };
+      };
+    } else if (task === 'match') {
       const classify = await T.pipeline('zero-shot-image-classification', name, { device, dtype });
       run = async (image) => {
         const r = await classify(image, labels, { hypothesis_template: '{}' });
@@ -198,7 +234,12 @@ async function runInterleaved(context, base, m, path, png) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-function agree(a, b) {
+function agree(a, b, reference) {
+  const same = (x, y) => x.length === y.length && x.every((v, i) => v === y[i]);
+  if (reference) {
+    const r = reference.new_ids;
+    return `ids vs transformers: glimpse ${same(a.ids, r) ? 'same' : 'differ'}, transformers.js ${same(b.ids, r) ? 'same' : 'differ'}`;
+  }
   if (a.ids) return a.ids.length === b.ids.length && a.ids.every((x, i) => x === b.ids[i]) ? 'same ids' : 'ids differ';
   const d = Math.max(...a.scores.map((s, i) => Math.abs(s - b.scores[i])));
   return `${a.best === b.best ? 'same' : 'different'} best label, max |Δscore| ${d.toExponential(1)}`;
@@ -207,7 +248,7 @@ function agree(a, b) {
 async function main() {
   const tmp = mkdtempSync(join(tmpdir(), 'glimpse-compare-'));
   execFileSync(BIN, ['scenes', '--seed', '9000003', '--count', '1', '--size', '224', '--out', tmp]);
-  const png = readFileSync(join(tmp, 'scene-9000003.png'));
+  const scene = readFileSync(join(tmp, 'scene-9000003.png'));
   rmSync(tmp, { recursive: true, force: true });
   const { child, base } = await serve();
   const userDir = mkdtempSync(join(tmpdir(), 'glimpse-compare-profile-'));
@@ -229,7 +270,12 @@ async function main() {
       for (const path of PATHS) {
         const cut = path === 'webgpu' ? GPU_LAYERS : CPU_LAYERS;
         const layers = cut > 0 ? cut : null;
+        if (model === 'smolvlm' && layers !== null && path === 'webgpu') {
+          process.stderr.write('smolvlm webgpu: skipped (full depth only; pass --gpu-layers 0 on a real GPU)\n');
+          continue;
+        }
         const m = await prepare(model, layers);
+        const png = m.image ? readFileSync(m.image) : scene;
         process.stderr.write(`${model} ${path}${layers ? ` (${layers} layers)` : ''}: ${RUNTIMES.join(', ')}, interleaved\n`);
         const res = await runInterleaved(context, base, m, path, png);
         for (const runtime of RUNTIMES) {
@@ -246,7 +292,7 @@ async function main() {
         const t = median(res.tjs.times);
         rows.push({ model, path, label: PATH[path].label, layers: layers ?? 'full', adapter,
           glimpseMs: g, tjsMs: t, ratio: g / t, glimpseLoadMs: res.glimpse.loadMs, tjsLoadMs: res.tjs.loadMs,
-          glimpseTimes: res.glimpse.times, tjsTimes: res.tjs.times, agreement: agree(res.glimpse.out, res.tjs.out),
+          glimpseTimes: res.glimpse.times, tjsTimes: res.tjs.times, agreement: agree(res.glimpse.out, res.tjs.out, m.reference),
           glimpseOut: res.glimpse.out, tjsOut: res.tjs.out, tjsThreads: res.tjs.threads, glimpseThreads: res.glimpse.threads, isolated: res.tjs.isolated });
       }
     }
