@@ -47,15 +47,10 @@ VERSION = 3
 NEW_TOKENS = 16
 SEED = 7
 
-# SmolVLM-256M-Instruct's chat template, verbatim (tools/make_smolvlm_fixture.py has the same)
-TEMPLATE = ("<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
-            "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
-            "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
-            "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-            "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-FAKE, IMAGE, EOU, GLOBAL = "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"
-ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+# SmolVLM-256M-Instruct's chat template and special tokens: the fixture's (same repo, same strings)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from make_smolvlm_fixture import EOU, FAKE, GLOBAL, IMAGE, ROW_COL, SPECIAL, TEMPLATE  # noqa: E402
+
 BASE_VOCAB, VOCAB, IMAGE_ID, EOU_ID = 49152, 49280, 49190, 49279
 IMAGE_SEQ_LEN = 64
 
