@@ -340,10 +340,10 @@ fn generate_text(
 enum BenchWhat {
     /// A whole model at a real size with random weights: image encode, first token, tokens/s
     Model {
-        /// git, vit-gpt2, blip or clip
+        /// git, vit-gpt2, blip, clip or smolvlm
         #[arg(long, default_value = "git")]
         arch: String,
-        /// base (the real model's shape) or tiny (the test fixtures' shape)
+        /// base (the real model's shape), tiny (the test fixtures' shape), or for smolvlm base-global (the global view only: 1 tile instead of 5)
         #[arg(long, default_value = "base")]
         size: String,
         #[arg(long, value_enum, default_value = "all")]
