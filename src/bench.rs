@@ -341,26 +341,10 @@ async fn timed_rounds<T>(
     Ok(times)
 }
 
-/// Loads `arch` at `size` with random weights on `device` and times image encoding, the first
-/// token and the decode steps (greedy, `new_tokens` tokens, no early stop).
-pub async fn bench_model(
-    arch: &str,
-    size: &str,
-    device: &Device,
-    label: &str,
-    dtype: DType,
-    new_tokens: usize,
-) -> Result<ModelBenchRow> {
-    use crate::generate::{generate, GenerateOptions};
-    use crate::io::{Vb, Weights};
-    use crate::models::{blip, clip, git, vision_encoder_decoder as ved};
-
-    let cfg = model_config(arch, size)?;
-    let parse = |what: &str| crate::Error::Config(format!("bench config for {what}"));
-    let weights = Weights::random(1);
-    let vb = Vb::new(&weights, device, dtype);
-    let mut rng = Rng::new(3);
-    let opts = |n: usize| GenerateOptions {
+/// `n` greedy tokens after `prompt` with no early stop, the ids dropped: one timed generation of
+/// [`bench_model`].
+async fn greedy(dec: &mut dyn crate::generate::Decoder, prompt: &[u32], n: usize) -> Result<()> {
+    let opts = crate::generate::GenerateOptions {
         max_new_tokens: n,
         min_new_tokens: 0,
         num_beams: 1,
@@ -378,6 +362,28 @@ pub async fn bench_model(
         yield_each_token: false,
         max_kv_bytes: crate::pipeline::MAX_KV_BYTES,
     };
+    crate::generate::generate(dec, prompt, &opts, &mut |_| true).await?;
+    Ok(())
+}
+
+/// Loads `arch` at `size` with random weights on `device` and times image encoding, the first
+/// token and the decode steps (greedy, `new_tokens` tokens, no early stop).
+pub async fn bench_model(
+    arch: &str,
+    size: &str,
+    device: &Device,
+    label: &str,
+    dtype: DType,
+    new_tokens: usize,
+) -> Result<ModelBenchRow> {
+    use crate::io::{Vb, Weights};
+    use crate::models::{blip, clip, git, vision_encoder_decoder as ved};
+
+    let cfg = model_config(arch, size)?;
+    let parse = |what: &str| crate::Error::Config(format!("bench config for {what}"));
+    let weights = Weights::random(1);
+    let vb = Vb::new(&weights, device, dtype);
+    let mut rng = Rng::new(3);
     let t0 = now_ms();
     let mut row = ModelBenchRow {
         arch: arch.into(),
@@ -411,14 +417,7 @@ pub async fn bench_model(
                 &mut marks,
                 || m.image_prefix(&m.encode_image(&px)?),
                 async |prefix: &git::ImagePrefix, n: usize| {
-                    generate(
-                        &mut m.decoder(prefix, 1 + new_tokens)?,
-                        &[101],
-                        &opts(n),
-                        &mut |_| true,
-                    )
-                    .await?;
-                    Ok(())
+                    greedy(&mut m.decoder(prefix, 1 + new_tokens)?, &[101], n).await
                 },
                 new_tokens,
             )
@@ -431,30 +430,14 @@ pub async fn bench_model(
             row.decoder_layers = c.decoder["n_layer"].as_u64().unwrap_or(0) as usize;
             device.synchronize().await?;
             row.load_ms = now_ms() - t0;
-            let px = Tensor::from_f32(
-                &rng.vec(3 * 224 * 224, -1.0, 1.0),
-                &[1, 3, 224, 224],
-                device,
-            );
-            let px = match (px, size) {
-                (_, "tiny") => {
-                    Tensor::from_f32(&rng.vec(3 * 32 * 32, -1.0, 1.0), &[1, 3, 32, 32], device)?
-                }
-                (p, _) => p?,
-            };
+            let s = if size == "tiny" { 32 } else { 224 };
+            let px = Tensor::from_f32(&rng.vec(3 * s * s, -1.0, 1.0), &[1, 3, s, s], device)?;
             timed_rounds(
                 device,
                 &mut marks,
                 || m.encode_image(&px),
                 async |enc: &ved::EncodedImage, n: usize| {
-                    generate(
-                        &mut m.decoder(enc, 1 + new_tokens)?,
-                        &[0],
-                        &opts(n),
-                        &mut |_| true,
-                    )
-                    .await?;
-                    Ok(())
+                    greedy(&mut m.decoder(enc, 1 + new_tokens)?, &[0], n).await
                 },
                 new_tokens,
             )
@@ -474,14 +457,7 @@ pub async fn bench_model(
                 &mut marks,
                 || m.caption_memory(&m.encode_image(&px)?),
                 async |memory: &blip::BlipMemory, n: usize| {
-                    generate(
-                        &mut m.decoder(memory, 1 + new_tokens)?,
-                        &[bos],
-                        &opts(n),
-                        &mut |_| true,
-                    )
-                    .await?;
-                    Ok(())
+                    greedy(&mut m.decoder(memory, 1 + new_tokens)?, &[bos], n).await
                 },
                 new_tokens,
             )
@@ -516,11 +492,7 @@ pub async fn bench_model(
                 &mut marks,
                 || m.encode_image(&px),
                 async |image: &Tensor, n: usize| {
-                    generate(&mut m.decoder(image, None)?, &prompt, &opts(n), &mut |_| {
-                        true
-                    })
-                    .await?;
-                    Ok(())
+                    greedy(&mut m.decoder(image, None)?, &prompt, n).await
                 },
                 new_tokens,
             )
